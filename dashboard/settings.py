@@ -1,0 +1,188 @@
+"""Settings for the kickouts dashboard, all read from the environment.
+
+Every variable is listed and explained in `.env.example`. Unset values give a
+safe local set-up: the built-in EnergyCAP sandbox and a SQLite file.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}.")
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number of seconds, not {value!r}.") from None
+
+
+DEBUG = env_bool("DEBUG", default=False)
+
+# --- EnergyCAP -------------------------------------------------------------
+# An unset base URL means the built-in sandbox (kickouts/sandbox), a separate
+# process on loopback; `manage.py rundashboard` starts it.
+ENERGYCAP_SANDBOX_PORT = int(os.environ.get("ENERGYCAP_SANDBOX_PORT", "8765"))
+ENERGYCAP_SANDBOX_KEY = "sandbox-key"
+ENERGYCAP_USES_SANDBOX = not os.environ.get("ENERGYCAP_BASE_URL", "").strip()
+ENERGYCAP_BASE_URL = (
+    os.environ.get("ENERGYCAP_BASE_URL", "").strip().rstrip("/")
+    or f"http://127.0.0.1:{ENERGYCAP_SANDBOX_PORT}"
+)
+ENERGYCAP_API_KEY = os.environ.get("ENERGYCAP_API_KEY", "").strip()
+ENERGYCAP_CONNECT_TIMEOUT = env_float("ENERGYCAP_CONNECT_TIMEOUT", 3.05)
+ENERGYCAP_READ_TIMEOUT = env_float("ENERGYCAP_READ_TIMEOUT", 20.0)
+# GETs are retried on connection errors, 429 and 502-504; a Retry-After longer
+# than this is not waited for: the user gets a clear "try later" instead.
+ENERGYCAP_MAX_RETRY_AFTER = env_float("ENERGYCAP_MAX_RETRY_AFTER", 10.0)
+ENERGYCAP_GET_ATTEMPTS = int(os.environ.get("ENERGYCAP_GET_ATTEMPTS", "3"))
+# EnergyCAP does not say which zone its offset-less date-times are in.
+ENERGYCAP_TIME_ZONE = os.environ.get("ENERGYCAP_TIME_ZONE", "UTC")
+# Seconds between status panel polls, and how long a panel keeps polling.
+STATUS_POLL_SECONDS = env_float("STATUS_POLL_SECONDS", 3.0)
+STATUS_POLL_CAP_SECONDS = env_float("STATUS_POLL_CAP_SECONDS", 30 * 60)
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not DEBUG:
+    missing = [
+        name
+        for name, value in (("SECRET_KEY", SECRET_KEY), ("ENERGYCAP_API_KEY", ENERGYCAP_API_KEY))
+        if not value
+    ]
+    if missing:
+        raise ImproperlyConfigured(
+            f"DEBUG is off, so {' and '.join(missing)} must be set (see .env.example)."
+        )
+if not SECRET_KEY:
+    SECRET_KEY = "django-insecure-local-development-only"  # noqa: S105 - DEBUG only
+if not ENERGYCAP_API_KEY and ENERGYCAP_USES_SANDBOX:
+    ENERGYCAP_API_KEY = ENERGYCAP_SANDBOX_KEY
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "template_partials",
+    "kickouts",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "dashboard.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "kickouts.context_processors.energycap",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "dashboard.wsgi.application"
+
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+        conn_health_checks=True,
+    )
+}
+
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "kickouts",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "task_list"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+# The zone pages show times in when the browser does not localise them.
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "{levelname} {name} {message}", "style": "{"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"urllib3": {"level": "WARNING"}},
+}

@@ -1,0 +1,531 @@
+"""The retry form: every batch-mode rule of EnergyCAP's kickout re-import lives here.
+
+The rules come from the `BillKickoutImportRequest` documentation (see
+../shared/energycap-api.md, "The kickout re-import"). They are checked on the
+server before anything is sent, each message on the field it concerns.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.template.defaultfilters import date as date_filter
+from django.utils import timezone
+
+from .energycap import EnergyCapError
+from .models import BATCH_MODES, RetryAttempt
+from .payloads import Batch, CurrentUser
+
+USE_EXISTING = "use existing batch"
+NEW_BATCH = "new batch"
+SELF_CONTAINED = "new self-contained batch"
+USE_PENDING = "use pending batch"
+SMART = "smart batch"
+
+INT32_MAX = 2_147_483_647
+BATCH_CODE_MAX = 255  # EnergyCAP: newBatchCode is 0-255 characters.
+NOTE_MAX = 1000  # Our own limit, stated on the form; EnergyCAP publishes none.
+
+# What EnergyCAP does in each mode, in one plain sentence for clerks.
+MODE_SENTENCES = {
+    USE_EXISTING: "Adds the bills to an open batch and leaves it open.",
+    NEW_BATCH: (
+        "Makes a new open batch; unless told to leave them open, the API user's open "
+        "batch is closed first."
+    ),
+    SELF_CONTAINED: (
+        "Makes a new batch, adds the bills and closes it; other open batches stay open."
+    ),
+    USE_PENDING: "Adds the bills to a pending batch and leaves it pending.",
+    SMART: (
+        "Finds a batch by its code: uses a matching open or pending batch, or makes a new one."
+    ),
+}
+
+# The fields each mode uses; EnergyCAP ignores the others.
+MODE_FIELDS = {
+    USE_EXISTING: ["existing_open_batch_id"],
+    NEW_BATCH: ["leave_existing_batches_open", "new_batch_code"],
+    SELF_CONTAINED: ["new_batch_code"],
+    USE_PENDING: ["pending_batch_id"],
+    SMART: ["new_batch_code"],
+}
+MODE_SPECIFIC_FIELDS = [
+    "existing_open_batch_id",
+    "leave_existing_batches_open",
+    "new_batch_code",
+    "pending_batch_id",
+]
+
+
+@dataclass
+class BatchChoices:
+    """What the form needs to know about EnergyCAP's batches and the API key's user."""
+
+    api_user: CurrentUser
+    batches: list[Batch]  # open and pending batches
+    find_by_code: Callable[[str], list[Batch]]
+
+    @property
+    def open_batches(self) -> list[Batch]:
+        return [b for b in self.batches if b.is_open]
+
+    @property
+    def pending_batches(self) -> list[Batch]:
+        return [b for b in self.batches if b.is_pending]
+
+    @property
+    def own_open_batches(self) -> list[Batch]:
+        return [b for b in self.open_batches if b.is_owned_by(self.api_user.user_id)]
+
+
+@dataclass
+class SmartPath:
+    """What smart batch will do with a code: a sentence, the batch used, or why it fails."""
+
+    sentence: str
+    target: Batch | None = None
+    error: str = ""
+
+
+def refuse_control_characters(value: str, *, allow_line_breaks: bool = False) -> None:
+    allowed = {"\n", "\r", "\t"} if allow_line_breaks else set()
+    for char in value:
+        if char not in allowed and unicodedata.category(char) in {"Cc", "Cf"}:
+            raise ValidationError(
+                "Remove the invisible control character (%(code)s) from this text; "
+                "it would not survive EnergyCAP's import.",
+                params={"code": f"U+{ord(char):04X}"},
+                code="control_character",
+            )
+
+
+def _code_validator(value: str) -> None:
+    refuse_control_characters(value)
+
+
+def _note_validator(value: str) -> None:
+    refuse_control_characters(value, allow_line_breaks=True)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}es"
+
+
+class RetryForm(forms.Form):
+    """Batch settings and notes for `POST …/kickout`, validated per batch mode."""
+
+    batch_mode = forms.ChoiceField(
+        label="Batch mode",
+        choices=BATCH_MODES,
+        widget=forms.RadioSelect,
+        error_messages={
+            "required": "Choose a batch mode: it decides which batch the bills go into.",
+            "invalid_choice": (
+                "%(value)s is not one of EnergyCAP's five batch modes; choose one of them."
+            ),
+        },
+    )
+    existing_open_batch_id = forms.IntegerField(
+        label="Existing open batch",
+        required=False,
+        min_value=1,
+        max_value=INT32_MAX,
+        widget=forms.Select,
+        help_text="Leave at the first choice to use the API user's only open batch.",
+        error_messages={"invalid": "Choose a batch from the list (a whole number id)."},
+    )
+    leave_existing_batches_open = forms.BooleanField(
+        label="Leave existing batches open",
+        required=False,
+        help_text="Unticked, EnergyCAP closes the API user's open batch first.",
+    )
+    new_batch_code = forms.CharField(
+        label="New batch code",
+        required=False,
+        max_length=BATCH_CODE_MAX,
+        validators=[_code_validator],
+        help_text=f"At most {BATCH_CODE_MAX} characters.",
+    )
+    pending_batch_id = forms.IntegerField(
+        label="Pending batch",
+        required=False,
+        min_value=1,
+        max_value=INT32_MAX,
+        widget=forms.Select,
+        error_messages={"invalid": "Choose a pending batch from the list."},
+    )
+    import_note = forms.CharField(
+        label="Import note",
+        required=False,
+        max_length=NOTE_MAX,
+        validators=[_note_validator],
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text=f"Optional note on the new import, at most {NOTE_MAX} characters.",
+    )
+    comment = forms.CharField(
+        label="Comment",
+        required=False,
+        max_length=NOTE_MAX,
+        validators=[_note_validator],
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text=(
+            f"Why failed audits are resolved automatically; only with Save as resolved. "
+            f"At most {NOTE_MAX} characters."
+        ),
+    )
+    save_as_resolved = forms.BooleanField(
+        label="Save as resolved",
+        required=False,
+        help_text="Mark the bills' failed audits as resolved automatically.",
+    )
+    confirm_duplicate = forms.BooleanField(label="I confirm the duplicate import", required=False)
+    duplicate_of = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    form_token = forms.UUIDField(widget=forms.HiddenInput)
+
+    def __init__(
+        self,
+        *args,
+        choices: BatchChoices,
+        earlier_retry: RetryAttempt | None = None,
+        may_repeat: bool = False,
+        **kwargs,
+    ):
+        kwargs["initial"] = dict(kwargs.get("initial") or {})
+        kwargs["initial"].setdefault("form_token", uuid.uuid4())
+        if earlier_retry is not None:
+            kwargs["initial"].setdefault("duplicate_of", earlier_retry.pk)
+        super().__init__(*args, **kwargs)
+        self.choices = choices
+        self.earlier_retry = earlier_retry
+        self.may_repeat = may_repeat
+        self.smart_batch_path: str = ""
+        self.target_batch: Batch | None = None
+        api_user = choices.api_user.full_name or "the API user"
+        self.fields["existing_open_batch_id"].widget.choices = [
+            ("", f"The only open batch of {api_user}")
+        ] + [(b.batch_id, _batch_label(b)) for b in choices.open_batches]
+        self.fields["pending_batch_id"].widget.choices = [("", "Choose a pending batch")] + [
+            (b.batch_id, _batch_label(b)) for b in choices.pending_batches
+        ]
+        # Keep a submitted id visible even when it is not (or no longer) listed.
+        for name in ("existing_open_batch_id", "pending_batch_id"):
+            value = self.data.get(self.add_prefix(name)) if self.is_bound else None
+            known = {str(v) for v, _ in self.fields[name].widget.choices}
+            if value and value not in known:
+                self.fields[name].widget.choices.append((value, f"Batch #{value} (not listed)"))
+        if earlier_retry is not None:
+            self.fields["confirm_duplicate"].help_text = self.duplicate_warning()
+
+    # -- what the template needs --
+
+    @property
+    def chosen_mode(self) -> str:
+        value = self.data.get("batch_mode") if self.is_bound else self.initial.get("batch_mode")
+        return value if value in MODE_FIELDS else ""
+
+    def mode_fields(self) -> list[forms.BoundField]:
+        """Fields of the chosen mode; all of them when no mode is chosen (no JavaScript)."""
+        names = MODE_FIELDS.get(self.chosen_mode, MODE_SPECIFIC_FIELDS)
+        return [self[name] for name in MODE_SPECIFIC_FIELDS if name in names]
+
+    def used_by(self, name: str) -> list[str]:
+        return [mode for mode, names in MODE_FIELDS.items() if name in names]
+
+    def mode_options(self) -> list[tuple[str, str]]:
+        return [(mode, MODE_SENTENCES[mode]) for mode, _ in BATCH_MODES]
+
+    def ignored_fields(self) -> list[str]:
+        """Labels of filled-in fields the chosen mode ignores (shown when JavaScript is off)."""
+        mode = self.chosen_mode
+        if not mode or not self.is_bound:
+            return []
+        used = MODE_FIELDS[mode]
+        ignored = []
+        for name in MODE_SPECIFIC_FIELDS:
+            if name not in used and (self.data.get(name) or "").strip():
+                ignored.append(self.fields[name].label)
+        return ignored
+
+    def duplicate_warning(self) -> str:
+        earlier = self.earlier_retry
+        if earlier is None:
+            return ""
+        when = date_filter(timezone.localtime(earlier.requested_at), "Y-m-d H:i T")
+        who = earlier.requested_by.get_full_name() or earlier.requested_by.get_username()
+        new_task = earlier.new_task_guid or "no task GUID recorded (outcome unknown)"
+        return (
+            f"These kickouts were already re-imported by {who} on {when} "
+            f"(retry #{earlier.pk}, new task {new_task}). Re-importing them again creates "
+            f"duplicate bills."
+        )
+
+    # -- cleaning --
+
+    def clean_new_batch_code(self) -> str:
+        return self.cleaned_data["new_batch_code"].strip()
+
+    def clean_import_note(self) -> str:
+        return self.cleaned_data["import_note"].strip()
+
+    def clean_comment(self) -> str:
+        return self.cleaned_data["comment"].strip()
+
+    def clean(self) -> dict:
+        data = super().clean()
+        mode = data.get("batch_mode")
+        if mode == USE_EXISTING:
+            self._clean_use_existing(data)
+        elif mode == NEW_BATCH:
+            self._clean_new_batch(data)
+        elif mode == USE_PENDING:
+            self._clean_use_pending(data)
+        elif mode == SMART:
+            self._clean_smart(data)
+        if data.get("comment") and not data.get("save_as_resolved"):
+            self.add_error(
+                "comment",
+                "A comment explains why failed audits were resolved automatically, so it is "
+                "only sent with Save as resolved ticked. Tick Save as resolved or clear the "
+                "comment.",
+            )
+        self._clean_duplicate(data)
+        return data
+
+    def _api_user_name(self) -> str:
+        return self.choices.api_user.full_name or "The API user"
+
+    def _clean_use_existing(self, data: dict) -> None:
+        if "existing_open_batch_id" not in data:
+            return  # already has a type error
+        batch_id = data.get("existing_open_batch_id")
+        if batch_id is None:
+            own = self.choices.own_open_batches
+            if len(own) != 1:
+                self.add_error(
+                    "existing_open_batch_id",
+                    f"{self._api_user_name()} has {_plural(len(own), 'open batch')}; without "
+                    f"a chosen batch EnergyCAP needs exactly one. Pick an open batch from "
+                    f"the list.",
+                )
+            else:
+                self.target_batch = own[0]
+            return
+        batch = next((b for b in self.choices.open_batches if b.batch_id == batch_id), None)
+        if batch is None:
+            self.add_error(
+                "existing_open_batch_id",
+                f"Batch #{batch_id} is not an open batch in EnergyCAP. Pick an open batch "
+                f"from the list.",
+            )
+            return
+        if not batch.is_owned_by(self.choices.api_user.user_id) and not (
+            self.choices.api_user.can_manage_bills
+        ):
+            self.add_error(
+                "existing_open_batch_id",
+                f"Batch {batch.batch_code} belongs to {batch.owner_name}. Without the Bills "
+                f"and Batches Manage permission, {self._api_user_name()} may only use its own "
+                f"open batches. Pick one of those.",
+            )
+            return
+        self.target_batch = batch
+
+    def _clean_new_batch(self, data: dict) -> None:
+        own = self.choices.own_open_batches
+        if not data.get("leave_existing_batches_open") and len(own) > 1:
+            self.add_error(
+                "leave_existing_batches_open",
+                f"{self._api_user_name()} has {len(own)} open batches. Unticked, EnergyCAP "
+                f"closes the open batch first and fails when there is more than one: tick "
+                f"Leave existing batches open.",
+            )
+
+    def _clean_use_pending(self, data: dict) -> None:
+        if "pending_batch_id" not in data:
+            return
+        batch_id = data.get("pending_batch_id")
+        if batch_id is None:
+            self.add_error("pending_batch_id", "Choose the pending batch the bills go into.")
+            return
+        batch = next((b for b in self.choices.pending_batches if b.batch_id == batch_id), None)
+        if batch is None:
+            self.add_error(
+                "pending_batch_id",
+                f"Batch #{batch_id} is not a pending batch in EnergyCAP. Choose one from the list.",
+            )
+            return
+        self.target_batch = batch
+
+    def _clean_smart(self, data: dict) -> None:
+        if "new_batch_code" not in data:
+            return
+        code = data.get("new_batch_code", "")
+        if not code:
+            self.add_error(
+                "new_batch_code", "Smart batch needs a batch code: it picks the batch by it."
+            )
+            return
+        path = self.resolve_smart_batch(code)
+        if path.error:
+            self.add_error("new_batch_code", path.error)
+            return
+        self.smart_batch_path = path.sentence
+        self.target_batch = path.target
+
+    def smart_path_preview(self) -> str:
+        """Which path smart batch takes for the code typed so far (for the form, live)."""
+        source = self.data if self.is_bound else self.initial
+        code = (source.get("new_batch_code") or "").strip()
+        if not code:
+            return "Type a batch code to see what EnergyCAP will do with it."
+        try:
+            path = self.resolve_smart_batch(code)
+        except EnergyCapError:
+            return (
+                "EnergyCAP's batches could not be looked up just now; the path is checked "
+                "again when you review."
+            )
+        return path.error or path.sentence
+
+    def resolve_smart_batch(self, code: str) -> SmartPath:
+        """EnergyCAP's smart-batch decision for `code`, in the documented order."""
+        same_code = [
+            b for b in self.choices.find_by_code(code) if b.batch_code.lower() == code.lower()
+        ]
+        closed = next((b for b in same_code if b.is_closed), None)
+        open_batch = next((b for b in same_code if b.is_open), None)
+        pending = next((b for b in same_code if b.is_pending), None)
+        if closed is not None:
+            return SmartPath(
+                f"Batch {code} is closed, so EnergyCAP will make a new batch named {code} plus "
+                f"a GUID (as in new batch mode) and leave other batches open."
+            )
+        if open_batch is not None and open_batch.is_owned_by(self.choices.api_user.user_id):
+            return SmartPath(
+                f"Batch {code} is open and belongs to {self._api_user_name()}, so EnergyCAP "
+                f"will add the bills to it.",
+                open_batch,
+            )
+        if open_batch is not None and not self.choices.api_user.can_manage_bills:
+            return SmartPath(
+                "",
+                error=(
+                    f"Batch {code} is open and belongs to {open_batch.owner_name}. EnergyCAP "
+                    f"would refuse it (as use existing batch) because the API user lacks the "
+                    f"Bills and Batches Manage permission. Use another code."
+                ),
+            )
+        if open_batch is not None:
+            return SmartPath(
+                f"Batch {code} is open and belongs to {open_batch.owner_name}; the API user "
+                f"has Manage, so EnergyCAP will add the bills to it.",
+                open_batch,
+            )
+        if pending is not None:
+            return SmartPath(
+                f"Batch {code} is pending, so EnergyCAP will add the bills to it and leave it "
+                f"pending.",
+                pending,
+            )
+        return SmartPath(
+            f"No batch has the code {code}, so EnergyCAP will make a new open batch with it "
+            f"and leave other batches open."
+        )
+
+    def _clean_duplicate(self, data: dict) -> None:
+        earlier = self.earlier_retry
+        if earlier is None:
+            return
+        if not self.may_repeat:
+            raise ValidationError(
+                self.duplicate_warning() + " Only a supervisor can re-import them again.",
+                code="duplicate_needs_supervisor",
+            )
+        if data.get("duplicate_of") != earlier.pk:
+            self.add_error(
+                "confirm_duplicate",
+                "Another retry of this task was made since this form was opened. Read the "
+                "warning again and confirm.",
+            )
+        elif not data.get("confirm_duplicate"):
+            self.add_error(
+                "confirm_duplicate",
+                "Tick this box to confirm that you want to import these bills a second time.",
+            )
+
+    # -- the result --
+
+    def payload(self) -> dict:
+        """The exact JSON body for EnergyCAP: only the fields the chosen mode uses."""
+        data = self.cleaned_data
+        mode = data["batch_mode"]
+        settings: dict = {"batchMode": mode}
+        if mode == USE_EXISTING and data.get("existing_open_batch_id"):
+            settings["existingOpenBatchId"] = data["existing_open_batch_id"]
+        elif mode == NEW_BATCH:
+            settings["leaveExistingBatchesOpen"] = bool(data.get("leave_existing_batches_open"))
+            if data.get("new_batch_code"):
+                settings["newBatchCode"] = data["new_batch_code"]
+        elif mode == SELF_CONTAINED and data.get("new_batch_code"):
+            settings["newBatchCode"] = data["new_batch_code"]
+        elif mode == USE_PENDING:
+            settings["pendingBatchId"] = data["pending_batch_id"]
+        elif mode == SMART:
+            settings["newBatchCode"] = data["new_batch_code"]
+        body: dict = {"batchSettings": settings}
+        if data.get("import_note"):
+            body["importNote"] = data["import_note"]
+        if data.get("save_as_resolved"):
+            body["saveAsResolved"] = True
+            if data.get("comment"):
+                body["comment"] = data["comment"]
+        return body
+
+    def batch_code(self) -> str:
+        """The batch code the retry concerns, for the history's search."""
+        if self.target_batch is not None:
+            return self.target_batch.batch_code
+        return self.cleaned_data.get("new_batch_code", "")
+
+    def what_energycap_will_do(self) -> str:
+        data = self.cleaned_data
+        mode = data["batch_mode"]
+        batch = self.target_batch
+        if mode == USE_EXISTING:
+            return (
+                f"EnergyCAP will add the re-imported bills to the open batch "
+                f"{batch.batch_code} (#{batch.batch_id}) and leave it open."
+                if batch
+                else "EnergyCAP will add the re-imported bills to the API user's only open batch."
+            )
+        if mode == NEW_BATCH:
+            code = data.get("new_batch_code") or "an automatic code"
+            closing = (
+                "leave the other open batches open"
+                if data.get("leave_existing_batches_open")
+                else "close the API user's open batch first"
+            )
+            return f"EnergyCAP will make a new open batch named {code} and {closing}."
+        if mode == SELF_CONTAINED:
+            code = data.get("new_batch_code") or "an automatic code"
+            return (
+                f"EnergyCAP will make a new batch named {code}, add the re-imported bills and "
+                f"close it; other open batches stay open."
+            )
+        if mode == USE_PENDING:
+            return (
+                f"EnergyCAP will add the re-imported bills to the pending batch "
+                f"{batch.batch_code} (#{batch.batch_id}) and leave it pending."
+            )
+        return self.smart_batch_path
+
+
+def _batch_label(batch: Batch) -> str:
+    count = f", {batch.bill_count} bills" if batch.bill_count is not None else ""
+    return f"{batch.batch_code} (#{batch.batch_id}) — {batch.owner_name}{count}"

@@ -1,0 +1,74 @@
+import os
+import signal
+import sys
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from kickouts.sandbox.process import start_sandbox
+
+# Demo accounts exist only in sandbox mode: the sandbox holds no real bills.
+DEMO_USERS = [
+    ("clerk", "Carla Clerk", "AP staff"),
+    ("supervisor", "Sam Supervisor", "Supervisors"),
+    ("viewer", "Vic Viewer", None),
+]
+DEMO_PASSWORD = "kickouts-demo"  # noqa: S105 - sandbox demo accounts only
+
+
+class Command(BaseCommand):
+    help = (
+        "Start everything for local use: migrations, the EnergyCAP sandbox (when "
+        "ENERGYCAP_BASE_URL is unset), demo users, and the dashboard on 127.0.0.1:8000."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--addrport", default="127.0.0.1:8000")
+        parser.add_argument("--task-seconds", type=float, default=20.0)
+
+    def handle(self, *args, addrport, task_seconds, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        self.stdout.write("Database migrated.")
+        sandbox = None
+        if settings.ENERGYCAP_USES_SANDBOX:
+            try:
+                sandbox = start_sandbox(
+                    port=settings.ENERGYCAP_SANDBOX_PORT,
+                    api_key=settings.ENERGYCAP_API_KEY,
+                    task_seconds=task_seconds,
+                    python=sys.executable,
+                )
+            except Exception as exc:  # noqa: BLE001 - say why, plainly
+                raise CommandError(
+                    f"The EnergyCAP sandbox did not start on port "
+                    f"{settings.ENERGYCAP_SANDBOX_PORT}: {exc}. Is another copy running? "
+                    f"Set ENERGYCAP_SANDBOX_PORT to use another port."
+                ) from None
+            self.stdout.write(f"EnergyCAP sandbox running at {sandbox.url}.")
+            self._demo_users()
+        else:
+            self.stdout.write(f"Using EnergyCAP at {settings.ENERGYCAP_BASE_URL}.")
+        self.stdout.write(f"Dashboard: http://{addrport}/  (Ctrl-C stops everything)")
+        # Stop the sandbox with the dashboard, on Ctrl-C and on a plain `kill` too.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            os.environ.setdefault("DJANGO_RUNSERVER_HIDE_WARNING", "true")
+            call_command("runserver", addrport, use_reloader=False)
+        finally:
+            if sandbox is not None:
+                sandbox.stop()
+
+    def _demo_users(self):
+        User = get_user_model()
+        self.stdout.write("Demo users (sandbox only):")
+        for username, full_name, group in DEMO_USERS:
+            user, _ = User.objects.get_or_create(username=username)
+            user.first_name, _, user.last_name = full_name.partition(" ")
+            user.set_password(DEMO_PASSWORD)
+            user.save()
+            user.groups.set([Group.objects.get(name=group)] if group else [])
+            role = group or "no role"
+            self.stdout.write(f"  {username:<11} password {DEMO_PASSWORD}   ({role})")

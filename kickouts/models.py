@@ -1,0 +1,327 @@
+"""The retry record and its life cycle.
+
+A `RetryAttempt` is written *before* the kickout re-import is sent and updated
+with the outcome after it, so a crash between the two leaves an honest
+"submitting" row that later turns into "outcome unknown", never a silent gap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, models, transaction
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+BATCH_MODES = [
+    ("use existing batch", "use existing batch"),
+    ("new batch", "new batch"),
+    ("new self-contained batch", "new self-contained batch"),
+    ("use pending batch", "use pending batch"),
+    ("smart batch", "smart batch"),
+]
+
+
+class Outcome(models.TextChoices):
+    SUBMITTING = "submitting", "Submitting"
+    SUBMITTED = "submitted", "Submitted"
+    REJECTED = "rejected", "Rejected by EnergyCAP"
+    NOT_SENT = "not_sent", "Not sent"
+    UNKNOWN = "unknown", "Outcome unknown"
+
+
+# Outcomes after which EnergyCAP may hold a new import of the same kickouts:
+# another retry of the same task would import the bills twice.
+MAY_HAVE_IMPORTED = [Outcome.SUBMITTING, Outcome.SUBMITTED, Outcome.UNKNOWN]
+
+
+class RetryInFlight(Exception):
+    """Another retry of the same task is being sent, or was just made.
+
+    `attempt` is the "not sent" record left for the refused request.
+    """
+
+    def __init__(self, attempt: RetryAttempt):
+        super().__init__("another retry of this task is in flight")
+        self.attempt = attempt
+
+
+class DuplicateToken(Exception):
+    """This form was already submitted once; `attempt` is what it created."""
+
+    def __init__(self, attempt: RetryAttempt):
+        super().__init__("form already submitted")
+        self.attempt = attempt
+
+
+@dataclass
+class RetrySummary:
+    count: int
+    latest_outcome: str
+    latest_pk: int
+
+    @property
+    def latest_outcome_label(self) -> str:
+        return Outcome(self.latest_outcome).label
+
+
+class RetryAttemptQuerySet(models.QuerySet):
+    def visible_to(self, user) -> RetryAttemptQuerySet:
+        if user.has_perm("kickouts.view_all_retries"):
+            return self
+        return self.filter(requested_by=user)
+
+    def may_have_imported(self) -> RetryAttemptQuerySet:
+        return self.filter(outcome__in=MAY_HAVE_IMPORTED)
+
+    def summary_by_source(self, guids: list[str]) -> dict[str, RetrySummary]:
+        """Retry count and latest outcome per source task, in one query."""
+        summaries: dict[str, RetrySummary] = {}
+        rows = (
+            self.filter(source_task_guid__in=guids)
+            .order_by("-requested_at", "-id")
+            .values_list("source_task_guid", "outcome", "pk")
+        )
+        for guid, outcome, pk in rows:
+            if guid in summaries:
+                summaries[guid].count += 1
+            else:
+                summaries[guid] = RetrySummary(count=1, latest_outcome=outcome, latest_pk=pk)
+        return summaries
+
+    def unfinished(self) -> RetryAttemptQuerySet:
+        """Retries whose new task may still be running (worth asking EnergyCAP about)."""
+        return self.filter(outcome=Outcome.SUBMITTED, new_task_finished=False)
+
+    def expire_stale_submissions(self, older_than: timedelta) -> int:
+        """Turn "submitting" rows whose process died mid-call into "outcome unknown"."""
+        cutoff = timezone.now() - older_than
+        return self.filter(outcome=Outcome.SUBMITTING, requested_at__lt=cutoff).update(
+            outcome=Outcome.UNKNOWN,
+            upstream_message=(
+                "The dashboard stopped before EnergyCAP's answer was recorded; "
+                "check the task list before retrying."
+            ),
+            answered_at=timezone.now(),
+        )
+
+
+class RetryAttempt(models.Model):
+    """One request by a dashboard user to re-import a task's kickouts."""
+
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="retry_attempts"
+    )
+    requested_at = models.DateTimeField(default=timezone.now)
+    form_token = models.UUIDField(unique=True, help_text="One-time token of the submitted form.")
+
+    source_task_guid = models.CharField(max_length=36)
+    source_task_id = models.IntegerField(null=True, blank=True)
+    source_status = models.CharField(max_length=100, blank=True)
+    # Set when the source task is itself the new task of an earlier retry.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    # The earlier retry a supervisor explicitly confirmed re-importing again.
+    confirmed_duplicate_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    # 0 for the first retry of a task that may import; n+1 for a confirmed repeat of n.
+    # Unique per task among retries that may have imported: two people cannot both
+    # make "the next" import of the same kickouts, however close their clicks.
+    duplicate_sequence = models.PositiveIntegerField(default=0)
+
+    batch_mode = models.CharField(max_length=40, choices=BATCH_MODES)
+    batch_code = models.CharField(max_length=255, blank=True)
+    import_note = models.TextField(blank=True)
+    payload = models.JSONField(help_text="The exact JSON body sent to EnergyCAP.")
+
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, default=Outcome.SUBMITTING)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    upstream_status_code = models.IntegerField(null=True, blank=True)
+    upstream_message = models.TextField(blank=True)
+    new_task_guid = models.CharField(max_length=36, blank=True)
+
+    # What the dashboard last saw of the new task.
+    new_task_status = models.CharField(max_length=100, blank=True)
+    new_task_finished = models.BooleanField(default=False)
+    new_task_begin_date = models.DateTimeField(null=True, blank=True)
+    new_task_end_date = models.DateTimeField(null=True, blank=True)
+    new_task_success_count = models.IntegerField(null=True, blank=True)
+    new_task_analyzing_count = models.IntegerField(null=True, blank=True)
+    new_task_flag_count = models.IntegerField(null=True, blank=True)
+    new_task_batch_code = models.CharField(max_length=255, blank=True)
+    new_task_message = models.TextField(blank=True)
+    new_task_checked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RetryAttemptQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        permissions = [
+            ("submit_retry", "Can retry a task's kickouts"),
+            ("view_all_retries", "Can see every user's retry history"),
+            ("confirm_duplicate_retry", "Can re-import kickouts that were already re-imported"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source_task_guid"],
+                condition=Q(outcome="submitting"),
+                name="one_in_flight_retry_per_task",
+            ),
+            models.UniqueConstraint(
+                fields=["source_task_guid", "duplicate_sequence"],
+                condition=Q(outcome__in=["submitting", "submitted", "unknown"]),
+                name="one_import_per_duplicate_sequence",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["source_task_guid"], name="retry_source_guid"),
+            models.Index(fields=["new_task_guid"], name="retry_new_guid"),
+            models.Index(fields=["requested_by", "-requested_at"], name="retry_user_time"),
+            models.Index(fields=["outcome", "-requested_at"], name="retry_outcome_time"),
+            models.Index(fields=["batch_mode", "-requested_at"], name="retry_mode_time"),
+            models.Index(fields=["new_task_status", "-requested_at"], name="retry_final_time"),
+            models.Index(fields=["-requested_at", "-id"], name="retry_time"),
+            models.Index(fields=["batch_code"], name="retry_batch_code"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Retry #{self.pk} of {self.source_task_guid}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("retry_detail", args=[self.pk])
+
+    # -- life cycle --
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        user,
+        form_token,
+        source_task,
+        batch_mode: str,
+        batch_code: str,
+        import_note: str,
+        payload: dict,
+        confirmed_duplicate_of: RetryAttempt | None = None,
+        stale_after: timedelta = timedelta(minutes=5),
+    ) -> RetryAttempt:
+        """Write the record in state "submitting", before anything is sent.
+
+        Raises DuplicateToken when this form was already submitted, and
+        RetryInFlight when the database refuses a second import of the task.
+        """
+        existing = cls.objects.filter(form_token=form_token).first()
+        if existing is not None:
+            raise DuplicateToken(existing)
+        cls.objects.filter(source_task_guid=source_task.guid).expire_stale_submissions(stale_after)
+        sequence = confirmed_duplicate_of.duplicate_sequence + 1 if confirmed_duplicate_of else 0
+        fields = dict(
+            requested_by=user,
+            form_token=form_token,
+            source_task_guid=source_task.guid,
+            source_task_id=source_task.task_id,
+            source_status=source_task.status,
+            parent=cls.objects.filter(new_task_guid=source_task.guid).first(),
+            confirmed_duplicate_of=confirmed_duplicate_of,
+            duplicate_sequence=sequence,
+            batch_mode=batch_mode,
+            batch_code=batch_code,
+            import_note=import_note,
+            payload=payload,
+        )
+        try:
+            with transaction.atomic():
+                return cls.objects.create(**fields)
+        except IntegrityError:
+            existing = cls.objects.filter(form_token=form_token).first()
+            if existing is not None:
+                raise DuplicateToken(existing) from None
+        # The database refused a second import of the same kickouts. The request
+        # still leaves a record, so the history shows who asked and why nothing
+        # was sent.
+        refused = cls.objects.create(
+            **fields,
+            outcome=Outcome.NOT_SENT,
+            answered_at=timezone.now(),
+            upstream_message=(
+                "Not sent: another retry of this task was being sent or had just been "
+                "made. Check the task's retries before trying again."
+            ),
+        )
+        raise RetryInFlight(refused)
+
+    def mark_sending(self) -> None:
+        self.sent_at = timezone.now()
+        self.save(update_fields=["sent_at"])
+
+    def _finish(self, outcome: str, *, status_code=None, message="", new_task_guid="") -> None:
+        self.outcome = outcome
+        self.upstream_status_code = status_code
+        self.upstream_message = message
+        self.new_task_guid = new_task_guid
+        self.answered_at = timezone.now()
+        self.save(
+            update_fields=[
+                "outcome",
+                "upstream_status_code",
+                "upstream_message",
+                "new_task_guid",
+                "answered_at",
+            ]
+        )
+
+    def mark_submitted(self, new_task_guid: str) -> None:
+        self._finish(Outcome.SUBMITTED, status_code=200, new_task_guid=new_task_guid)
+
+    def mark_rejected(self, status_code: int | None, message: str) -> None:
+        self._finish(Outcome.REJECTED, status_code=status_code, message=message)
+
+    def mark_not_sent(self, message: str) -> None:
+        self._finish(Outcome.NOT_SENT, message=message)
+
+    def mark_unknown(self, message: str) -> None:
+        self._finish(Outcome.UNKNOWN, message=message)
+
+    def record_task_status(self, task) -> None:
+        """Store what the status panel (or refresh_retries) saw of the new task."""
+        self.new_task_status = task.status[:100]
+        self.new_task_finished = not task.is_running
+        self.new_task_begin_date = task.begin_date
+        self.new_task_end_date = task.end_date
+        self.new_task_success_count = task.current_success_count
+        self.new_task_analyzing_count = task.analyzing_count
+        self.new_task_flag_count = task.unresolved_flag_count
+        self.new_task_batch_code = task.batch.batch_code[:255] if task.batch else ""
+        self.new_task_message = task.message
+        self.new_task_checked_at = timezone.now()
+        self.save(
+            update_fields=[
+                "new_task_status",
+                "new_task_finished",
+                "new_task_begin_date",
+                "new_task_end_date",
+                "new_task_success_count",
+                "new_task_analyzing_count",
+                "new_task_flag_count",
+                "new_task_batch_code",
+                "new_task_message",
+                "new_task_checked_at",
+            ]
+        )
+
+    # -- reading --
+
+    @property
+    def may_have_imported(self) -> bool:
+        return self.outcome in MAY_HAVE_IMPORTED
+
+    @property
+    def new_task_has_kickouts(self) -> bool:
+        return self.new_task_finished and self.new_task_status.lower() == "completed with kickouts"

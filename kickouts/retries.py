@@ -1,0 +1,120 @@
+"""Submitting a kickout retry: record first, re-check, send once, record the outcome.
+
+This is the one place that turns a valid `RetryForm` into a POST to EnergyCAP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from django.core.cache import cache
+
+from . import energycap
+from .energycap import EnergyCapError, NotFound, Rejected, Unauthorized, Unavailable
+from .forms import BatchChoices, RetryForm
+from .models import RetryAttempt
+from .payloads import CurrentUser, Task
+
+logger = logging.getLogger(__name__)
+
+API_USER_CACHE_SECONDS = 300
+
+
+def api_user(api: energycap.EnergyCap) -> CurrentUser:
+    """The key's EnergyCAP user, cached: its identity and permissions rarely change."""
+    key = "energycap:me:" + hashlib.sha256(api.base_url.encode()).hexdigest()[:16]
+    user = cache.get(key)
+    if user is None:
+        user = api.current_user()
+        cache.set(key, user, API_USER_CACHE_SECONDS)
+    return user
+
+
+def load_batch_choices(api: energycap.EnergyCap) -> BatchChoices:
+    """The API user and the open and pending batches, in two upstream requests."""
+    return BatchChoices(
+        api_user=api_user(api),
+        batches=api.list_batches(
+            filter_clauses=[("batchStatus", "one of", ["Open", "Pending"])]
+        ).items,
+        find_by_code=api.batches_with_code,
+    )
+
+
+def latest_import_of(task_guid: str) -> RetryAttempt | None:
+    """The newest retry of this task that may have imported its kickouts."""
+    return (
+        RetryAttempt.objects.filter(source_task_guid=task_guid)
+        .may_have_imported()
+        .select_related("requested_by")
+        .order_by("-duplicate_sequence", "-requested_at")
+        .first()
+    )
+
+
+def build_retry_form(data, *, user, task: Task, choices: BatchChoices, initial=None) -> RetryForm:
+    return RetryForm(
+        data,
+        initial=initial,
+        choices=choices,
+        earlier_retry=latest_import_of(task.guid),
+        may_repeat=user.has_perm("kickouts.confirm_duplicate_retry"),
+    )
+
+
+def submit_kickout_retry(*, user, form: RetryForm, task: Task) -> RetryAttempt:
+    """Send a validated retry exactly once and return its record.
+
+    Raises `DuplicateToken` (this form was sent already) and `RetryInFlight`
+    (another retry of the task holds the slot) from `RetryAttempt.start`.
+    """
+    api = energycap.client()
+    attempt = RetryAttempt.start(
+        user=user,
+        form_token=form.cleaned_data["form_token"],
+        source_task=task,
+        batch_mode=form.cleaned_data["batch_mode"],
+        batch_code=form.batch_code(),
+        import_note=form.cleaned_data.get("import_note", ""),
+        payload=form.payload(),
+        confirmed_duplicate_of=form.earlier_retry,
+    )
+    # Right before sending, look at the task again: someone may have re-imported
+    # it in EnergyCAP itself since the form was opened.
+    try:
+        current = api.get_task(task.guid)
+    except EnergyCapError as exc:
+        attempt.mark_not_sent(f"Not sent: the task could not be checked again. {exc.message}")
+        return attempt
+    if not current.can_retry_kickouts:
+        attempt.mark_not_sent(
+            f"Not sent: the task's status is now “{current.status or 'unknown'}”"
+            + ("" if current.is_bill_import else " and it is not a bill import")
+            + ", and EnergyCAP only re-imports the kickouts of a bill import that is "
+            "“Completed with kickouts”."
+        )
+        return attempt
+    attempt.mark_sending()
+    try:
+        new_task = api.reimport_kickouts(task.guid, attempt.payload)
+    except (Unauthorized, NotFound, Rejected) as exc:
+        attempt.mark_rejected(exc.status_code, exc.message)
+    except Unavailable as exc:
+        if exc.request_sent:
+            attempt.mark_unknown(
+                f"{exc.message} EnergyCAP may or may not have started the re-import: check the "
+                f"task list before retrying."
+            )
+        else:
+            attempt.mark_not_sent(f"Not sent: {exc.message}")
+    else:
+        attempt.mark_submitted(new_task.guid)
+    logger.info(
+        "Retry #%s of task %s by %s: %s",
+        attempt.pk,
+        task.guid,
+        user.get_username(),
+        attempt.outcome,
+    )
+    return attempt

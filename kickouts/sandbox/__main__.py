@@ -1,0 +1,35 @@
+"""``python -m kickouts.sandbox``: run the EnergyCAP sandbox until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .server import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kickouts.sandbox",
+        description="A local stand-in for the EnergyCAP REST API (a sandbox, not EnergyCAP).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--api-key", default="sandbox-key", help="the ECI-ApiKey to accept")
+    parser.add_argument(
+        "--task-seconds",
+        type=float,
+        default=20.0,
+        help="how long a kickout re-import task runs before it ends",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the generated data")
+    parser.add_argument("--verbose", action="store_true", help="print each request to stderr")
+    args = parser.parse_args(argv)
+    if args.task_seconds < 0:
+        parser.error("--task-seconds must not be negative")
+    serve(args.host, args.port, args.api_key, args.task_seconds, args.seed, verbose=args.verbose)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+from django.urls import path, register_converter
+
+from .converters import GuidConverter
+from .views import health, history, retries, tasks
+
+register_converter(GuidConverter, "guid")
+
+urlpatterns = [
+    path("", tasks.task_list, name="task_list"),
+    path("tasks/<guid:guid>/", tasks.task_detail, name="task_detail"),
+    path("tasks/<guid:guid>/retry/", retries.retry_form, name="retry_form"),
+    path("retries/<int:pk>/", retries.retry_detail, name="retry_detail"),
+    path("retries/<int:pk>/status/", retries.status_panel, name="status_panel"),
+    path("history/", history.history, name="history"),
+    path("history.csv", history.history_csv, name="history_csv"),
+    path("health/live/", health.live, name="health_live"),
+    path("health/ready/", health.ready, name="health_ready"),
+]

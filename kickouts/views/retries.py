@@ -1,0 +1,180 @@
+"""The retry form's steps (choose, review, send), the retry page and its status panel."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods
+from django_htmx.http import HttpResponseClientRedirect
+
+from .. import energycap, lineage
+from ..decorators import login_required, permission_required
+from ..energycap import EnergyCapError, NotFound
+from ..models import DuplicateToken, RetryAttempt, RetryInFlight
+from ..retries import build_retry_form, load_batch_choices, submit_kickout_retry
+from ..status import read_task_status
+from .tasks import HtmxHttpRequest, kickout_context, retry_context
+
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+@permission_required("kickouts.submit_retry")
+def retry_form(request: HtmxHttpRequest, guid: str) -> HttpResponse:
+    """GET: the form for a batch mode. POST: choose a mode, review, or send."""
+    api = energycap.client()
+    try:
+        task = api.get_task(guid)
+    except NotFound:
+        return render(request, "kickouts/task_missing.html", {"guid": guid}, status=404)
+    except EnergyCapError as exc:
+        return _render_panel(request, None, {"guid": guid, "retry_error": exc})
+    context = {"guid": guid, "task": task}
+    if not task.can_retry_kickouts:
+        # Also the answer to a forged POST: nothing is sent.
+        context.update(retry_context(request, task))
+        return _render_panel(request, task, context, status=200 if request.htmx else 409)
+    try:
+        choices = load_batch_choices(api)
+    except EnergyCapError as exc:
+        context["retry_error"] = exc
+        return _render_panel(request, task, context)
+
+    action = request.POST.get("action", "choose") if request.method == "POST" else "choose"
+    source = request.POST if request.method == "POST" else request.GET
+    if action == "smart_path":
+        form = build_retry_form(
+            None, user=request.user, task=task, choices=choices, initial=source.dict()
+        )
+        return render(request, "kickouts/_retry_form.html#smart-path", {"form": form})
+    if action in {"choose", "edit"}:
+        # Re-show the form with the values kept and no errors yet.
+        form = build_retry_form(
+            None, user=request.user, task=task, choices=choices, initial=source.dict()
+        )
+        context["form"] = form
+        if request.htmx and action == "choose":
+            return render(request, "kickouts/_retry_form.html#mode-fields", context)
+        return _render_panel(request, task, context)
+
+    form = build_retry_form(request.POST, user=request.user, task=task, choices=choices)
+    context["form"] = form
+    if not form.is_valid():
+        return _render_panel(request, task, context)
+    if action != "send":
+        context["payload"] = form.payload()
+        context.update(kickout_context(request, task))
+        context["confirming"] = True
+        return _render_panel(request, task, context)
+
+    try:
+        attempt = submit_kickout_retry(user=request.user, form=form, task=task)
+    except (DuplicateToken, RetryInFlight) as exc:
+        attempt = exc.attempt
+    if request.htmx:
+        return HttpResponseClientRedirect(attempt.get_absolute_url())
+    return redirect(attempt)
+
+
+def _render_panel(request, task, context, status=200) -> HttpResponse:
+    """The retry panel alone for htmx; the whole task page otherwise (JavaScript off)."""
+    if request.htmx:
+        return render(request, "kickouts/task_detail.html#retry-panel", context, status=status)
+    if task is not None:
+        context.update(kickout_context(request, task))
+        context["lineage"] = lineage.for_task(task.guid)
+    return render(request, "kickouts/task_detail.html", context, status=status)
+
+
+@require_GET
+@login_required
+def retry_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    attempt = _visible_attempt(request, pk)
+    context = {
+        "attempt": attempt,
+        "lineage": lineage.for_task(attempt.source_task_guid),
+        "new_lineage": lineage.for_task(attempt.new_task_guid) if attempt.new_task_guid else None,
+    }
+    context.update(panel_context(request, attempt, watch_started=time.time(), failures=0))
+    return render(request, "kickouts/retry_detail.html", context)
+
+
+@require_GET
+@login_required
+def status_panel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The polled status panel; answers 286 (htmx: stop polling) once polling should stop."""
+    attempt = _visible_attempt(request, pk)
+    if not request.htmx:
+        return redirect(attempt)
+    try:
+        watch_started = float(request.GET.get("started", ""))
+    except ValueError:
+        watch_started = time.time()
+    try:
+        failures = max(0, int(request.GET.get("failures", "0")))
+    except ValueError:
+        failures = 0
+    context = {"attempt": attempt}
+    context.update(panel_context(request, attempt, watch_started=watch_started, failures=failures))
+    status = 200 if context["keep_polling"] else 286
+    return render(request, "kickouts/retry_detail.html#status-panel", context, status=status)
+
+
+def panel_context(request, attempt: RetryAttempt, *, watch_started: float, failures: int) -> dict:
+    """What the status panel shows, and whether (and when) it polls again."""
+    context = {
+        "watch_started": f"{watch_started:.0f}",
+        "keep_polling": False,
+        "reading": None,
+        "stopped_reason": "",
+    }
+    if not attempt.new_task_guid:
+        return context
+    reading = read_task_status(attempt.new_task_guid)
+    context["reading"] = reading
+    if reading.ok:
+        if attempt.new_task_checked_at is None or attempt.new_task_checked_at < reading.checked_at:
+            attempt.record_task_status(reading.task)
+        failures = 0
+        running = reading.task.is_running
+    else:
+        failures += 1
+        running = True
+    watched = time.time() - watch_started
+    if not running:
+        return context
+    if reading.ok is False and (reading.error_permanent or failures >= MAX_CONSECUTIVE_FAILURES):
+        context["stopped_reason"] = (
+            f"Stopped checking after {failures} failed attempts in a row."
+            if not reading.error_permanent
+            else "Stopped checking: this error will not go away by itself."
+        )
+        return context
+    if watched >= settings.STATUS_POLL_CAP_SECONDS:
+        minutes = settings.STATUS_POLL_CAP_SECONDS / 60
+        context["stopped_reason"] = (
+            f"Stopped checking after {minutes:g} minutes; the import is still running."
+        )
+        return context
+    interval = settings.STATUS_POLL_SECONDS
+    # Back off after failures: 2, 4, 8 … intervals, capped at a minute.
+    delay = min(60.0, interval * (2**failures)) if failures else interval
+    context.update(
+        keep_polling=True,
+        failures=failures,
+        poll_delay=f"{delay:g}s",
+        now=timezone.now(),
+    )
+    return context
+
+
+def _visible_attempt(request, pk: int) -> RetryAttempt:
+    queryset = RetryAttempt.objects.visible_to(request.user).select_related(
+        "requested_by", "parent", "confirmed_duplicate_of"
+    )
+    return get_object_or_404(queryset, pk=pk)

@@ -1,0 +1,151 @@
+"""The task list and the task page."""
+
+from __future__ import annotations
+
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+from django_htmx.middleware import HtmxDetails
+
+from .. import energycap, lineage
+from ..decorators import login_required
+from ..energycap import EnergyCapError, NotFound
+from ..models import RetryAttempt
+from ..retries import build_retry_form, load_batch_choices
+
+PERIODS = {"7": 7, "30": 30, "90": 90}
+TASKS_PER_PAGE = 50
+DETAIL_ROWS_PER_PAGE = 50
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+def _positive_int(value: str | None, default: int = 1) -> int:
+    try:
+        return max(1, int(value or default))
+    except ValueError:
+        return default
+
+
+@require_GET
+@login_required
+def task_list(request: HtmxHttpRequest) -> HttpResponse:
+    period = request.GET.get("period", "30")
+    if period not in PERIODS:
+        period = "30"
+    only_kickouts = request.GET.get("kickouts") == "1"
+    page_number = _positive_int(request.GET.get("page"))
+    context = {
+        "period": period,
+        "periods": PERIODS,
+        "only_kickouts": only_kickouts,
+        "page": None,
+        "tasks": [],
+        "error": None,
+    }
+    try:
+        page = energycap.client().list_bill_import_tasks(
+            filter_clauses=[("beginDate", f"last {PERIODS[period]} days", None)],
+            page_number=page_number,
+            page_size=TASKS_PER_PAGE,
+        )
+    except EnergyCapError as exc:
+        context["error"] = exc
+    else:
+        # EnergyCAP does not document its sort order: sort the page ourselves.
+        tasks = sorted(
+            page.items, key=lambda t: (t.begin_date is not None, t.begin_date), reverse=True
+        )
+        context["page_task_count"] = len(tasks)
+        if only_kickouts:
+            # Whether EnergyCAP can filter by status is not documented, so this
+            # filters the page EnergyCAP sent; paging still follows its pages.
+            tasks = [t for t in tasks if t.has_kickouts]
+        retries = RetryAttempt.objects.summary_by_source([t.guid for t in tasks])
+        context["tasks"] = [(t, retries.get(t.guid)) for t in tasks]
+        context["page"] = page
+    template = "kickouts/task_list.html"
+    if request.htmx and not request.htmx.boosted:
+        template += "#task-table"
+    return render(request, template, context)
+
+
+@require_GET
+@login_required
+def task_detail(request: HtmxHttpRequest, guid: str) -> HttpResponse:
+    api = energycap.client()
+    try:
+        task = api.get_task(guid)
+    except NotFound:
+        return render(request, "kickouts/task_missing.html", {"guid": guid}, status=404)
+    except EnergyCapError as exc:
+        return render(
+            request, "kickouts/task_detail.html", {"guid": guid, "task": None, "error": exc}
+        )
+    context = {"guid": guid, "task": task, "error": None}
+    context.update(kickout_context(request, task))
+    context.update(retry_context(request, task))
+    context["lineage"] = lineage.for_task(guid)
+    return render(request, "kickouts/task_detail.html", context)
+
+
+def kickout_context(request, task) -> dict:
+    """The kickout summary and one page of the detail grid (filtered by message)."""
+    if not task.is_bill_import:
+        return {}
+    api = energycap.client()
+    chosen = request.GET.get("message", "")
+    try:
+        summary = api.kickout_summary(task.guid)
+        grid = api.kickout_detail(task.guid, chosen or None)
+    except EnergyCapError as exc:
+        return {"kickout_error": exc}
+    paginator = Paginator(grid.rows, DETAIL_ROWS_PER_PAGE)
+    rows_page = paginator.get_page(request.GET.get("rows"))
+    return {
+        "summary": summary,
+        "chosen_message": chosen,
+        "grid": grid,
+        "rows_page": rows_page,
+        "row_cells": [[row.get(c, "") for c in grid.columns] for row in rows_page],
+    }
+
+
+def retry_context(request, task, form=None) -> dict:
+    """What the retry panel beside the kickouts shows: the form, or why there is none."""
+    if not task.can_retry_kickouts:
+        return {"retry_unavailable": _why_no_retry(task)}
+    if not request.user.has_perm("kickouts.submit_retry"):
+        return {
+            "retry_unavailable": (
+                "Retrying kickouts needs the AP staff or Supervisors role; ask an "
+                "administrator to add you to one of them."
+            )
+        }
+    if form is None:
+        try:
+            choices = load_batch_choices(energycap.client())
+        except EnergyCapError as exc:
+            return {"retry_error": exc}
+        initial = {"batch_mode": request.GET.get("batch_mode", "")}
+        form = build_retry_form(
+            None, user=request.user, task=task, choices=choices, initial=initial
+        )
+    return {"form": form}
+
+
+def _why_no_retry(task) -> str:
+    if not task.is_bill_import:
+        return (
+            f"This is a {task.task_type_info or task.task_type_code or 'non-import'} task; "
+            f"only bill imports have kickouts to retry."
+        )
+    if task.is_running:
+        return "This import is still running; its kickouts can be retried once it ends."
+    return (
+        f"This import ended “{task.status or 'without a status'}”; EnergyCAP only re-imports "
+        f"the kickouts of an import that is “Completed with kickouts”."
+    )

@@ -1,0 +1,50 @@
+// Progressive enhancements only: every page works without this file.
+(function () {
+  "use strict";
+  document.documentElement.classList.add("js");
+
+  var formatter = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "short", day: "numeric",
+    hour: "2-digit", minute: "2-digit", timeZoneName: "short",
+  });
+
+  // Show <time data-local datetime="…Z"> in the browser's own time zone.
+  function localiseTimes(root) {
+    root.querySelectorAll("time[data-local]").forEach(function (el) {
+      var when = new Date(el.getAttribute("datetime"));
+      if (!isNaN(when)) {
+        el.textContent = formatter.format(when);
+      }
+    });
+  }
+
+  // After htmx swaps in a form with errors or a confirmation, move focus there
+  // so keyboard and screen-reader users land where the news is.
+  function focusNews(root) {
+    var target = root.querySelector(".errorlist, .alert-error, .confirm");
+    if (target && root.id === "retry-panel") {
+      var focusable = target.closest(".field") ? target.closest(".field").querySelector("input, select, textarea") : target;
+      if (focusable) {
+        if (!focusable.hasAttribute("tabindex") && !/INPUT|SELECT|TEXTAREA|BUTTON/.test(focusable.tagName)) {
+          focusable.setAttribute("tabindex", "-1");
+        }
+        focusable.focus();
+      }
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    localiseTimes(document);
+    var tz = document.querySelector(".tz-name");
+    if (tz) {
+      tz.textContent = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    }
+  });
+  document.addEventListener("htmx:afterSwap", function (event) {
+    localiseTimes(event.detail.target.parentNode || document);
+    focusNews(event.detail.target);
+  });
+  document.addEventListener("htmx:oobAfterSwap", function (event) {
+    localiseTimes(event.detail.target);
+  });
+})();
