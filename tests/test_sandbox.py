@@ -175,15 +175,26 @@ def test_reimport_of_an_unknown_task_is_404(api):
 
 
 def test_one_keep_alive_connection_serves_many_requests(sandbox_proc):
-    """HTTP/1.1 keep-alive works: several requests on one raw connection, errors included."""
+    """HTTP/1.1 keep-alive: one socket serves several answers, errors and POSTs included."""
     connection = http.client.HTTPConnection("127.0.0.1", sandbox_proc.port, timeout=TIMEOUT)
+    headers = {"ECI-ApiKey": KEY, "Content-Type": "application/json"}
+    requests_to_send = [
+        ("GET", "/api/v3/me", None),
+        ("GET", "/api/v3/task/nope", None),
+        ("POST", kickout_url(KICKOUT_TASK_GUID), b'{"batchSettings": {}}'),
+        ("GET", "/api/v3/me", None),
+    ]
     try:
-        for path in ("/api/v3/me", "/api/v3/task/nope", "/api/v3/me"):
-            connection.request("GET", path, headers={"ECI-ApiKey": KEY})
+        sockets = set()
+        statuses = []
+        for method, path, body in requests_to_send:
+            connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
             response.read()
-            assert response.getheader("Content-Length")
-        assert response.status == 200
+            assert response.getheader("Content-Length") and not response.will_close
+            sockets.add(id(connection.sock))
+            statuses.append(response.status)
+        assert statuses == [200, 404, 400, 200] and len(sockets) == 1
     finally:
         connection.close()
 

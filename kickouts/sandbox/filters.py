@@ -90,7 +90,6 @@ _OPERATOR = re.compile(
     re.IGNORECASE,
 )
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SPACE = re.compile(r"\s*")
 _AND = re.compile(r"\s+and\s+", re.IGNORECASE)
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -100,7 +99,7 @@ def parse_filter(text: str, fields: Mapping[str, FilterField]) -> list[Condition
     conditions: list[Condition] = []
     if not text.strip():
         return conditions
-    pos = _SPACE.match(text, 0).end()  # type: ignore[union-attr]
+    pos = _skip_space(text, 0)
     while True:
         condition, pos = _parse_condition(text, pos, fields)
         conditions.append(condition)
@@ -144,10 +143,9 @@ def _parse_condition(
         known = ", ".join(sorted(f.name for f in fields.values()))
         raise FilterError(f"unknown field '{name_match.group()}' (known fields: {known})")
     pos = name_match.end()
-    space = _SPACE.match(text, pos)
-    if space is None or space.end() == pos:
+    if _skip_space(text, pos) == pos:
         raise FilterError(f"expected an operator after '{field.name}'")
-    pos = space.end()
+    pos = _skip_space(text, pos)
     op_match = _OPERATOR.match(text, pos)
     if op_match is None:
         raise FilterError(f"unknown operator at {_excerpt(text, pos)}")
@@ -158,15 +156,13 @@ def _parse_condition(
         return Condition(field, operator, ()), pos
 
     raw_values: list[str] = []
-    pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
-    value, pos = _read_quoted(text, pos)
+    value, pos = _read_quoted(text, _skip_space(text, pos))
     raw_values.append(value)
     while operator in ("one of", "between"):
-        after = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
+        after = _skip_space(text, pos)
         if after >= len(text) or text[after] != "|":
             break
-        pos = _SPACE.match(text, after + 1).end()  # type: ignore[union-attr]
-        value, pos = _read_quoted(text, pos)
+        value, pos = _read_quoted(text, _skip_space(text, after + 1))
         raw_values.append(value)
     if operator == "between" and len(raw_values) != 2:
         raise FilterError(f"'between' needs two values 'low'|'high', got {len(raw_values)}")
@@ -184,6 +180,12 @@ def _check_operator(field: FilterField, operator: str) -> None:
         allowed |= set(DATE_SHORTCUT_DAYS)
     if operator not in allowed:
         raise FilterError(f"operator '{operator}' cannot be used on '{field.name}'")
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
 
 
 def _read_quoted(text: str, pos: int) -> tuple[str, int]:

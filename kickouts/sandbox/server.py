@@ -270,7 +270,17 @@ class SandboxHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def do_HEAD(self) -> None:
+        self._dispatch()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The stdlib answers protocol errors (a garbled request line, an unsupported method)
+        # with an HTML page; EnergyCAP's errors are JSON, so the sandbox's are too.
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        self._send(Reply.error(code, message or _phrase(code)))
+
+    def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
             sys.stderr.write(f"sandbox: {self.address_string()} {format % args}\n")
 
@@ -393,6 +403,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 return API_HANDLERS[endpoint](state, request, params, now)
         except ApiError as error:
             return Reply.error(error.status, error.message, error.headers)
+        except Exception:  # noqa: BLE001 - answered here so the request log shows the 500
+            traceback.print_exc(file=sys.stderr)
+            return Reply.error(500, "The sandbox failed on this request; see its stderr.")
 
     # --- control ------------------------------------------------------------------------
 
@@ -604,7 +617,7 @@ def _route(method: str, path: str) -> tuple[str | None, dict[str, str], bool]:
         match = pattern.match(path)
         if match is None:
             continue
-        if route_method == method:
+        if route_method == method or (method == "HEAD" and route_method == "GET"):
             return name, match.groupdict(), True
         found = found or (name, match.groupdict())
     if found:

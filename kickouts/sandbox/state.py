@@ -33,7 +33,7 @@ Tasks with fixed GUIDs (the rest get GUIDs from the seed): see the ``*_TASK_GUID
 ``Processing`` for six hours; ``FAILED_TASK_GUID``, ``COMPLETED_TASK_GUID`` are ended bill
 imports; ``EXPORT_TASK_GUID`` (``ExportBills``) and ``ACCOUNT_IMPORT_TASK_GUID``
 (``AccountImport``) are not bill imports. In all: 78 bill imports (72 in the last 30 days,
-6 between 32 and 80 days ago; 15 ``Completed with kickouts``, 3 running, 6 ``Failed``) and
+6 between 32 and 80 days ago; 16 ``Completed with kickouts``, 3 running, 6 ``Failed``) and
 4 tasks of other types.
 """
 
@@ -612,7 +612,7 @@ class SandboxState:
             ends_at = _get_date(props, "endDate")
         else:
             ends_at = begin + timedelta(seconds=90)
-        running_default = ends_at is None or ends_at > now
+        still_running = ends_at is None or ends_at > now
         default_status = COMPLETED_WITH_KICKOUTS if messages else COMPLETED
         status = _get(props, "status", str, PROCESSING if ends_at is None else default_status)
         batch_id = props.get("batchId")
@@ -650,7 +650,7 @@ class SandboxState:
             settings=_get(props, "settings", dict, {}),
             output=_get(props, "output", dict, {}),
             total_bills=success + len(kickouts),
-            settled=not running_default,
+            settled=not still_running,
         )
         self.tasks[guid] = task
         return task

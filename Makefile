@@ -1,0 +1,56 @@
+# The README's commands. `make run` starts the dashboard on the built-in
+# EnergyCAP sandbox; `make test` runs the whole test suite (SQLite, then
+# PostgreSQL + Redis) and the deploy checks.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8765
+POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
+REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
+# Production-like values for `check --deploy` (never real secrets).
+DEPLOY_ENV := DEBUG=false SECRET_KEY=deploy-check-$$(date +%s)-a-long-random-looking-value-0123456789abcdef \
+	ENERGYCAP_BASE_URL=https://app.energycap.com ENERGYCAP_API_KEY=deploy-check \
+	ALLOWED_HOSTS=kickouts.example.com
+
+.PHONY: run sandbox test test-sqlite test-postgres lint deploy-check install browser bench clean
+
+run: install
+	DEBUG=true $(BIN)/python manage.py rundashboard
+
+sandbox: install
+	DEBUG=true $(BIN)/python manage.py sandbox --port $(PORT)
+
+test: install browser lint test-sqlite test-postgres deploy-check
+
+test-sqlite: install
+	$(BIN)/pytest
+
+test-postgres: install
+	DATABASE_URL=$(POSTGRES_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+deploy-check: install
+	$(DEPLOY_ENV) $(BIN)/python manage.py check --deploy --fail-level WARNING
+
+bench: install
+	$(BIN)/python -m bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# Browser tests drive Debian's Chromium (Playwright never downloads one here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "Installing Chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache
