@@ -7,6 +7,7 @@ with the outcome after it, so a crash between the two leaves an honest
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -73,6 +74,14 @@ class RetryAttemptQuerySet(models.QuerySet):
         if user.has_perm("kickouts.view_all_retries"):
             return self
         return self.filter(requested_by=user)
+
+    def for_token(self, token, user) -> RetryAttempt | None:
+        """The retry a form with this one-time token already made, if any."""
+        try:
+            token = uuid.UUID(str(token))
+        except ValueError:
+            return None
+        return self.filter(form_token=token, requested_by=user).first()
 
     def may_have_imported(self) -> RetryAttemptQuerySet:
         return self.filter(outcome__in=MAY_HAVE_IMPORTED)

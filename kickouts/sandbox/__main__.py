@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from . import API_KEY_VARIABLE
 from .server import serve
 
 
@@ -15,7 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    parser.add_argument("--api-key", default="sandbox-key", help="the ECI-ApiKey to accept")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE, "sandbox-key"),
+        help=f"the ECI-ApiKey to accept (default: ${API_KEY_VARIABLE} or sandbox-key)",
+    )
     parser.add_argument(
         "--task-seconds",
         type=float,
@@ -24,10 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated data")
     parser.add_argument("--verbose", action="store_true", help="print each request to stderr")
+    parser.add_argument(
+        "--parent-pid", type=int, default=None, help="exit when this process is gone"
+    )
     args = parser.parse_args(argv)
     if args.task_seconds < 0:
         parser.error("--task-seconds must not be negative")
-    serve(args.host, args.port, args.api_key, args.task_seconds, args.seed, verbose=args.verbose)
+    serve(
+        args.host,
+        args.port,
+        args.api_key,
+        args.task_seconds,
+        args.seed,
+        verbose=args.verbose,
+        parent_pid=args.parent_pid,
+    )
     return 0
 
 

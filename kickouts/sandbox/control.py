@@ -71,6 +71,10 @@ class SandboxControl:
     def add_task(self, **props: Any) -> dict[str, Any]:
         return self._call("POST", "/_sandbox/tasks", _camel(props))
 
+    def update_task(self, guid: str, **props: Any) -> dict[str, Any]:
+        """Change a task's ``status`` (ending it now), ``taskNote`` or ``message``."""
+        return self._call("POST", f"/_sandbox/tasks/{guid}", _camel(props))
+
     def add_batch(self, **props: Any) -> dict[str, Any]:
         return self._call("POST", "/_sandbox/batches", _camel(props))
 

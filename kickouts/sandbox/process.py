@@ -17,6 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from . import API_KEY_VARIABLE
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 LISTENING_PREFIX = "EnergyCAP sandbox listening on "
 START_TIMEOUT = 15.0
@@ -92,18 +94,20 @@ def start_sandbox(
         host,
         "--port",
         str(port),
-        "--api-key",
-        api_key,
         "--task-seconds",
         str(task_seconds),
         "--seed",
         str(seed),
+        # The sandbox exits by itself if this process dies without stopping it.
+        "--parent-pid",
+        str(os.getpid()),
     ]
     # stderr goes to a file, not a pipe nobody reads: a chatty child would block on a full pipe.
     stderr_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
         mode="w+", prefix="energycap-sandbox-", suffix=".log", delete=False, encoding="utf-8"
     )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The key travels in the environment, not argv, where `ps` would show it to everyone.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", API_KEY_VARIABLE: api_key}
     process = subprocess.Popen(
         command,
         cwd=PROJECT_ROOT,
@@ -115,7 +119,9 @@ def start_sandbox(
     )
     assert process.stdout is not None
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_read_first_line, args=(process.stdout, lines), daemon=True).start()
+    threading.Thread(
+        target=_read_until_listening, args=(process.stdout, lines), daemon=True
+    ).start()
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         try:
@@ -126,7 +132,8 @@ def start_sandbox(
             continue
         if line.startswith(LISTENING_PREFIX):
             return SandboxProcess(process, line[len(LISTENING_PREFIX) :].strip(), stderr_file)
-        break
+        if not line:
+            break  # end of output: the process is exiting
     if process.poll() is None:
         process.kill()
     process.wait()
@@ -140,5 +147,10 @@ def start_sandbox(
     )
 
 
-def _read_first_line(stream: IO[str], lines: queue.Queue[str]) -> None:
-    lines.put(stream.readline())
+def _read_until_listening(stream: IO[str], lines: queue.Queue[str]) -> None:
+    # Stops reading at the "listening" line; the sandbox prints nothing after it.
+    while True:
+        line = stream.readline()
+        lines.put(line)
+        if not line or line.startswith(LISTENING_PREFIX):
+            return

@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import json
 import math
+import os
 import re
 import signal
 import socket
@@ -452,6 +453,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             if path == "/_sandbox/batches" and method == "POST":
                 batch = server.state.add_batch(body, now)
                 return Reply.json(200, server.state.batch_json(batch))
+            task_match = re.fullmatch(r"/_sandbox/tasks/([0-9a-fA-F-]{36})", path)
+            if task_match and method == "POST":
+                task = server.state.update_task(task_match.group(1), body, now)
+                return Reply.json(200, server.state.task_json(task, now))
             batch_match = re.fullmatch(r"/_sandbox/batches/(\d+)", path)
             if batch_match and method == "POST":
                 batch = server.state.update_batch(int(batch_match.group(1)), body, now)
@@ -835,10 +840,21 @@ def make_server(
 
 
 def serve(
-    host: str, port: int, api_key: str, task_seconds: float, seed: int, *, verbose: bool = False
+    host: str,
+    port: int,
+    api_key: str,
+    task_seconds: float,
+    seed: int,
+    *,
+    verbose: bool = False,
+    parent_pid: int | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then close the socket and return."""
+    """Run until SIGTERM or SIGINT (or until ``parent_pid`` is gone), then close the socket."""
     server = make_server(host, port, api_key, task_seconds, seed, verbose=verbose)
+    if parent_pid is not None:
+        threading.Thread(
+            target=_stop_when_parent_exits, args=(server, parent_pid), daemon=True
+        ).start()
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(0)
@@ -852,3 +868,17 @@ def serve(
         pass
     finally:
         server.server_close()
+
+
+def _stop_when_parent_exits(server: SandboxHTTPServer, parent_pid: int) -> None:
+    # A test run killed with SIGKILL cannot stop its sandbox; without this watch the orphan
+    # would keep the port (and CI's process table) busy.
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            server.shutdown()
+            return
+        except PermissionError:
+            continue  # it exists, owned by someone else

@@ -696,6 +696,36 @@ class SandboxState:
         batch.note = _get(props, "note", str, batch.note)
         return batch
 
+    def update_task(self, guid: str, props: dict[str, Any], now: datetime) -> Task:
+        """Change a task as someone in EnergyCAP would: its status, note or message.
+
+        A new ``status`` ends a running task now (or, with ``endDate`` null, keeps it
+        running under that status), so tests can make a task go stale under a form.
+        """
+        task = self.task(guid)
+        if task is None:
+            raise ControlError(f"no task with GUID {guid}")
+        if "status" in props:
+            status = _get(props, "status", str, task.outcome.status)
+            if "endDate" in props and props["endDate"] is None:
+                task.ends_at = None
+                task.running_status = status
+            else:
+                if task.is_running(now):
+                    task.ends_at = now
+                kickouts = task.outcome.kickouts if status == COMPLETED_WITH_KICKOUTS else []
+                task.outcome = TaskOutcome(
+                    status=status,
+                    message=task.outcome.message,
+                    kickouts=kickouts,
+                    success_count=task.outcome.success_count,
+                    flag_count=task.outcome.flag_count,
+                )
+        task.note = _get(props, "taskNote", str, task.note)
+        if "message" in props:
+            task.outcome.message = props["message"]
+        return task
+
     def update_me(self, props: dict[str, Any]) -> None:
         if "systemUserId" in props:
             self.api_user_id = self.find_user(user_id=props["systemUserId"]).user_id

@@ -62,6 +62,12 @@ def retry_form(request: HtmxHttpRequest, guid: str) -> HttpResponse:
             return render(request, "kickouts/_retry_form.html#mode-fields", context)
         return _render_panel(request, task, context)
 
+    if action == "send":
+        # The same form sent again (double click, back button, resubmit): show what
+        # the first one did, before any validation that its own record would now fail.
+        earlier = RetryAttempt.objects.for_token(request.POST.get("form_token"), request.user)
+        if earlier is not None:
+            return _to_retry_page(request, earlier)
     form = build_retry_form(request.POST, user=request.user, task=task, choices=choices)
     context["form"] = form
     if not form.is_valid():
@@ -76,6 +82,10 @@ def retry_form(request: HtmxHttpRequest, guid: str) -> HttpResponse:
         attempt = submit_kickout_retry(user=request.user, form=form, task=task)
     except (DuplicateToken, RetryInFlight) as exc:
         attempt = exc.attempt
+    return _to_retry_page(request, attempt)
+
+
+def _to_retry_page(request, attempt: RetryAttempt) -> HttpResponse:
     if request.htmx:
         return HttpResponseClientRedirect(attempt.get_absolute_url())
     return redirect(attempt)
