@@ -154,7 +154,7 @@ def test_invalid_batch_settings_are_refused_with_the_message_on_their_field(
 def test_a_refused_form_keeps_every_entered_value(clerk_client, fields, field, fragment):
     """Entered values come back in the re-rendered form."""
     response = post_retry(clerk_client, TASK, import_note="Keep me", **fields)
-    assert 'Keep me</textarea>' in response.content.decode()
+    assert "Keep me</textarea>" in response.content.decode()
 
 
 def test_the_even_whitespace_only_smart_code_is_not_sent_in_any_action(clerk_client, sandbox):
@@ -275,9 +275,7 @@ def test_a_forged_post_for_a_task_without_kickouts_is_refused_with_the_reason(
     """No form for other statuses or types, and a forged POST sends nothing."""
     page = clerk_client.get(reverse("task_detail", args=[guid]))
     assert 'name="batch_mode"' not in page.content.decode()
-    response = post_retry(
-        clerk_client, guid, action="send", batch_mode="new self-contained batch"
-    )
+    response = post_retry(clerk_client, guid, action="send", batch_mode="new self-contained batch")
     assert response.status_code == 409
     assert reason in response.content.decode()
     assert sandbox.count("kickout_post") == 0

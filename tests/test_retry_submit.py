@@ -88,7 +88,9 @@ VALID = [
 @pytest.mark.parametrize(
     ("setup", "fields", "expected"), [c[1:] for c in VALID], ids=[c[0] for c in VALID]
 )
-def test_each_mode_sends_exactly_the_fields_it_uses(clerk, clerk_client, sandbox, setup, fields, expected):
+def test_each_mode_sends_exactly_the_fields_it_uses(
+    clerk, clerk_client, sandbox, setup, fields, expected
+):
     """The body EnergyCAP receives holds only what the mode uses: no nulls, no ignored fields."""
     if setup == "close-902":
         sandbox.update_batch(902, batchStatus="Closed", isOpen=False)
@@ -108,9 +110,7 @@ def test_each_mode_sends_exactly_the_fields_it_uses(clerk, clerk_client, sandbox
 
 def test_after_success_the_clerk_lands_on_the_retry_page(clerk_client, sandbox):
     """Post/redirect/get to /retries/<id>/, which shows the body and the new task."""
-    response = post_retry(
-        clerk_client, TASK, action="send", batch_mode="new self-contained batch"
-    )
+    response = post_retry(clerk_client, TASK, action="send", batch_mode="new self-contained batch")
     page = clerk_client.get(response["Location"])
     attempt = RetryAttempt.objects.get()
     body = page.content.decode()
@@ -245,15 +245,22 @@ def test_a_second_retry_of_an_imported_task_needs_a_supervisor(
     assert earlier.new_task_guid in refused.content.decode()
 
     unconfirmed = post_retry(
-        supervisor_client, TASK, action="send", batch_mode="new self-contained batch",
+        supervisor_client,
+        TASK,
+        action="send",
+        batch_mode="new self-contained batch",
         duplicate_of=earlier.pk,
     )
     assert "Tick this box" in str(form_errors(unconfirmed)["confirm_duplicate"])
     assert sandbox.count("kickout_post") == 1
 
     confirmed = post_retry(
-        supervisor_client, TASK, action="send", batch_mode="new self-contained batch",
-        duplicate_of=earlier.pk, confirm_duplicate=True,
+        supervisor_client,
+        TASK,
+        action="send",
+        batch_mode="new self-contained batch",
+        duplicate_of=earlier.pk,
+        confirm_duplicate=True,
     )
     assert confirmed.status_code == 302
     repeat = RetryAttempt.objects.latest("id")
@@ -267,8 +274,12 @@ def test_a_confirmation_naming_an_older_retry_is_refused(supervisor_client, sand
     post_retry(supervisor_client, TASK, action="send", batch_mode="new self-contained batch")
     earlier = RetryAttempt.objects.get()
     response = post_retry(
-        supervisor_client, TASK, action="send", batch_mode="new self-contained batch",
-        duplicate_of=earlier.pk + 1000, confirm_duplicate=True,
+        supervisor_client,
+        TASK,
+        action="send",
+        batch_mode="new self-contained batch",
+        duplicate_of=earlier.pk + 1000,
+        confirm_duplicate=True,
     )
     assert "made since this form was opened" in str(form_errors(response))
     assert sandbox.count("kickout_post") == 1

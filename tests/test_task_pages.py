@@ -67,9 +67,7 @@ def test_only_with_kickouts_keeps_those_tasks(clerk_client):
 
 def test_an_htmx_filter_change_gets_only_the_table(clerk_client):
     """htmx swaps the table partial, not the whole page."""
-    response = clerk_client.get(
-        reverse("task_list"), {"period": "7"}, HTTP_HX_REQUEST="true"
-    )
+    response = clerk_client.get(reverse("task_list"), {"period": "7"}, HTTP_HX_REQUEST="true")
     body = response.content.decode()
     assert body.strip().startswith('<div id="task-table">')
     assert "<html" not in body
