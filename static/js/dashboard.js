@@ -3,7 +3,11 @@
   "use strict";
   document.documentElement.classList.add("js");
 
-  var formatter = new Intl.DateTimeFormat(undefined, {
+  var thisYear = new Date().getFullYear();
+  var short = new Intl.DateTimeFormat(undefined, {
+    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short",
+  });
+  var long = new Intl.DateTimeFormat(undefined, {
     year: "numeric", month: "short", day: "numeric",
     hour: "2-digit", minute: "2-digit", timeZoneName: "short",
   });
@@ -13,7 +17,7 @@
     root.querySelectorAll("time[data-local]").forEach(function (el) {
       var when = new Date(el.getAttribute("datetime"));
       if (!isNaN(when)) {
-        el.textContent = formatter.format(when);
+        el.textContent = (when.getFullYear() === thisYear ? short : long).format(when);
       }
     });
   }
