@@ -52,14 +52,20 @@ def retry_form(request: HtmxHttpRequest, guid: str) -> HttpResponse:
             None, user=request.user, task=task, choices=choices, initial=source.dict()
         )
         return render(request, "kickouts/_retry_form.html#smart-path", {"form": form})
-    if action in {"choose", "edit"}:
-        # Re-show the form with the values kept and no errors yet.
+    if action == "choose":
+        # Show the chosen mode's fields with the values kept and no errors yet.
         form = build_retry_form(
             None, user=request.user, task=task, choices=choices, initial=source.dict()
         )
         context["form"] = form
-        if request.htmx and action == "choose":
+        if request.htmx:
             return render(request, "kickouts/_retry_form.html#mode-fields", context)
+        return _render_panel(request, task, context)
+    if action == "edit":
+        # Back from the confirmation: the reviewed values, bound, so they stay exact.
+        context["form"] = build_retry_form(
+            request.POST, user=request.user, task=task, choices=choices
+        )
         return _render_panel(request, task, context)
 
     if action == "send":
