@@ -327,6 +327,21 @@ class RetryAttempt(models.Model):
 
     # -- reading --
 
+    def form_initial(self) -> dict:
+        """The retry form's values that would send this payload again (to try again)."""
+        body = self.payload or {}
+        settings = body.get("batchSettings") or {}
+        return {
+            "batch_mode": settings.get("batchMode", self.batch_mode),
+            "existing_open_batch_id": settings.get("existingOpenBatchId"),
+            "leave_existing_batches_open": bool(settings.get("leaveExistingBatchesOpen")),
+            "new_batch_code": settings.get("newBatchCode", ""),
+            "pending_batch_id": settings.get("pendingBatchId"),
+            "import_note": body.get("importNote", ""),
+            "comment": body.get("comment", ""),
+            "save_as_resolved": bool(body.get("saveAsResolved")),
+        }
+
     @property
     def may_have_imported(self) -> bool:
         return self.outcome in MAY_HAVE_IMPORTED

@@ -42,6 +42,15 @@ def load_batch_choices(api: energycap.EnergyCap) -> BatchChoices:
     )
 
 
+def unavailable_batch_choices() -> BatchChoices:
+    """No batches known (EnergyCAP did not answer): the form can only show what was typed."""
+    return BatchChoices(
+        api_user=CurrentUser(None, "", "", False, False, False),
+        batches=[],
+        find_by_code=lambda code: [],
+    )
+
+
 def latest_import_of(task_guid: str) -> RetryAttempt | None:
     """The newest retry of this task that may have imported its kickouts."""
     return (

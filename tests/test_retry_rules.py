@@ -293,16 +293,12 @@ def test_a_user_without_a_role_sees_why_they_cannot_retry(outsider_client, sandb
 
 def test_changing_the_settings_from_the_review_keeps_them_exactly(clerk_client, sandbox):
     """Back from the review, the reviewed values return, unticked boxes unticked."""
-    review = post_retry(
-        clerk_client, TASK, batch_mode="smart batch", new_batch_code="AUDIT-HOLD"
-    )
+    review = post_retry(clerk_client, TASK, batch_mode="smart batch", new_batch_code="AUDIT-HOLD")
     hidden = {
         name: str(value if value is not None else "")
         for name, value in review.context["form"].cleaned_data.items()
     }
-    response = clerk_client.post(
-        reverse("retry_form", args=[TASK]), {**hidden, "action": "edit"}
-    )
+    response = clerk_client.post(reverse("retry_form", args=[TASK]), {**hidden, "action": "edit"})
     body = response.content.decode()
     assert 'value="AUDIT-HOLD"' in body
     (checkbox,) = re.findall(r'<input type="checkbox" name="save_as_resolved"[^>]*>', body)

@@ -345,3 +345,41 @@ def test_twenty_simultaneous_submits_make_one_post(sandbox, django_user_model):
     assert sandbox.count("kickout_post") == 1
     assert len(statuses) == 20 and all(s in (200, 302) for s in statuses), statuses
     assert RetryAttempt.objects.filter(outcome=Outcome.SUBMITTED).count() == 1
+
+
+def test_a_rejected_retry_offers_to_try_again_with_the_same_settings(clerk_client, sandbox):
+    """The retry page links back to the form, filled with what was sent."""
+    sandbox.fault("kickout_post", {"status": 400})
+    post_retry(
+        clerk_client,
+        TASK,
+        action="send",
+        batch_mode="use pending batch",
+        pending_batch_id="907",
+        import_note="Second try",
+    )
+    attempt = RetryAttempt.objects.get()
+    page = clerk_client.get(attempt.get_absolute_url()).content.decode()
+    link = reverse("task_detail", args=[TASK]) + f"?again={attempt.pk}"
+    assert link in page
+    form = clerk_client.get(link).context["form"]
+    assert form.initial["batch_mode"] == "use pending batch"
+    assert form.initial["pending_batch_id"] == 907
+    assert form.initial["import_note"] == "Second try"
+
+
+def test_when_batches_cannot_be_loaded_the_entered_values_are_kept(clerk_client, sandbox):
+    """EnergyCAP down while reviewing: a clear message, and the form keeps its values."""
+    sandbox.fault("batch_list", *[{"status": 503}] * 3)
+    response = post_retry(
+        clerk_client,
+        TASK,
+        htmx=True,
+        batch_mode="smart batch",
+        new_batch_code="KEEP-ME",
+        import_note="Also kept",
+    )
+    body = response.content.decode()
+    assert "needs EnergyCAP's batches, which could not be loaded" in body
+    assert 'value="KEEP-ME"' in body and "Also kept</textarea>" in body
+    assert sandbox.count("kickout_post") == 0

@@ -15,7 +15,12 @@ from .. import energycap, lineage
 from ..decorators import login_required, permission_required
 from ..energycap import EnergyCapError, NotFound
 from ..models import DuplicateToken, RetryAttempt, RetryInFlight
-from ..retries import build_retry_form, load_batch_choices, submit_kickout_retry
+from ..retries import (
+    build_retry_form,
+    load_batch_choices,
+    submit_kickout_retry,
+    unavailable_batch_choices,
+)
 from ..status import read_task_status
 from .tasks import HtmxHttpRequest, kickout_context, retry_context
 
@@ -42,7 +47,16 @@ def retry_form(request: HtmxHttpRequest, guid: str) -> HttpResponse:
     try:
         choices = load_batch_choices(api)
     except EnergyCapError as exc:
+        # Keep what the clerk entered, beside the message, to send once EnergyCAP answers.
         context["retry_error"] = exc
+        if request.method == "POST":
+            context["form"] = build_retry_form(
+                None,
+                user=request.user,
+                task=task,
+                choices=unavailable_batch_choices(),
+                initial=request.POST.dict(),
+            )
         return _render_panel(request, task, context)
 
     action = request.POST.get("action", "choose") if request.method == "POST" else "choose"

@@ -131,6 +131,16 @@ def retry_context(request, task, form=None) -> dict:
         except EnergyCapError as exc:
             return {"retry_error": exc}
         initial = {"batch_mode": request.GET.get("batch_mode", "")}
+        again = request.GET.get("again", "")
+        if again.isdigit():
+            # "Try again with these settings", from a rejected or unsent retry's page.
+            earlier = (
+                RetryAttempt.objects.visible_to(request.user)
+                .filter(pk=int(again), source_task_guid=task.guid)
+                .first()
+            )
+            if earlier is not None:
+                initial = earlier.form_initial()
         form = build_retry_form(
             None, user=request.user, task=task, choices=choices, initial=initial
         )
