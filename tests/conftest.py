@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group
 from django.core.cache import cache
+from django.test import Client
 
+from kickouts.roles import ensure_roles
 from kickouts.sandbox.control import SandboxControl
 from kickouts.sandbox.process import start_sandbox
 
@@ -36,13 +37,20 @@ def sandbox(sandbox_process, settings) -> SandboxControl:
     cache.clear()
 
 
+@pytest.fixture
+def roles(db) -> dict:
+    """The role groups by name. A transactional test's flush deletes what migrations made,
+    so they are made again here, exactly as the data migration makes them."""
+    return ensure_roles()
+
+
 def _user(django_user_model, username: str, full_name: str, group: str | None):
     first, _, last = full_name.partition(" ")
     user = django_user_model.objects.create_user(
         username=username, password=PASSWORD, first_name=first, last_name=last
     )
     if group:
-        user.groups.add(Group.objects.get(name=group))
+        user.groups.add(ensure_roles()[group])
     return user
 
 
@@ -70,9 +78,7 @@ def outsider(db, django_user_model):
     return _user(django_user_model, "nora", "Nora Nogroup", None)
 
 
-def _client_for(client_class, user):
-    from django.test import Client
-
+def signed_in_client(user) -> Client:
     c = Client()
     c.force_login(user)
     return c
@@ -80,14 +86,14 @@ def _client_for(client_class, user):
 
 @pytest.fixture
 def clerk_client(clerk):
-    return _client_for(None, clerk)
+    return signed_in_client(clerk)
 
 
 @pytest.fixture
 def supervisor_client(supervisor):
-    return _client_for(None, supervisor)
+    return signed_in_client(supervisor)
 
 
 @pytest.fixture
 def outsider_client(outsider):
-    return _client_for(None, outsider)
+    return signed_in_client(outsider)

@@ -11,6 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from kickouts.models import Outcome, RetryAttempt
+from kickouts.roles import ensure_roles
 from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID, KICKOUT_TASK_GUID
 
 from .retry_helpers import form_errors, post_retry
@@ -312,9 +313,7 @@ def test_twenty_simultaneous_submits_make_one_post(sandbox, django_user_model):
     """20 clerks click at once: one upstream POST, every other request answered cleanly."""
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL's concurrency; `make test` runs this on PostgreSQL")
-    from django.contrib.auth.models import Group
-
-    staff = Group.objects.get(name="AP staff")
+    staff = ensure_roles()["AP staff"]
     clients = []
     for n in range(20):
         user = django_user_model.objects.create_user(f"clerk{n}", password="x")

@@ -14,6 +14,7 @@ from django.test import Client
 from django.urls import reverse
 
 from kickouts.models import Outcome, RetryAttempt
+from kickouts.roles import ensure_roles
 from kickouts.sandbox.state import (
     API_USER_KICKOUT_TASK_GUID,
     COMPLETED_TASK_GUID,
@@ -153,10 +154,8 @@ def test_a_clerk_cannot_watch_another_clerks_retry(other_clerk, clerk_client):
 @pytest.mark.django_db(transaction=True)
 def test_many_watchers_cause_one_upstream_request_per_interval(sandbox, django_user_model):
     """Forty concurrent panel refreshes of one task: at most one status GET per interval."""
-    from django.contrib.auth.models import Group
-
     supervisor = django_user_model.objects.create_user("watcher", password="x")
-    supervisor.groups.add(Group.objects.get(name="Supervisors"))
+    supervisor.groups.add(ensure_roles()["Supervisors"])
     attempt = _retry_of(supervisor, RUNNING_TASK_GUID)
     clients = []
     for _ in range(8):

@@ -3,10 +3,7 @@
 from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
-ROLES = {
-    "AP staff": ["submit_retry"],
-    "Supervisors": ["submit_retry", "view_all_retries", "confirm_duplicate_retry", "view_retryattempt"],
-}
+from kickouts.roles import ROLES, ensure_roles
 
 
 def create_roles(apps, schema_editor):
@@ -15,13 +12,7 @@ def create_roles(apps, schema_editor):
         app_config.models_module = True
         create_permissions(app_config, verbosity=0)
         app_config.models_module = None
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    for name, codenames in ROLES.items():
-        group, _ = Group.objects.get_or_create(name=name)
-        group.permissions.set(
-            Permission.objects.filter(content_type__app_label="kickouts", codename__in=codenames)
-        )
+    ensure_roles(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"))
 
 
 def remove_roles(apps, schema_editor):
