@@ -312,6 +312,12 @@ class SandboxState:
     def new_guid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
+    @staticmethod
+    def fresh_guid() -> str:
+        """A GUID for a task made at run time: unique across sandbox restarts, as in EnergyCAP,
+        so a dashboard database that outlives a sandbox never sees a GUID twice."""
+        return str(uuid.uuid4())
+
     # --- life cycle -----------------------------------------------------------------------
 
     def settle(self, now: datetime) -> None:
@@ -375,7 +381,7 @@ class SandboxState:
             outcome.success_count = total
         task = Task(
             task_id=self._take_task_id(),
-            task_guid=self.new_guid(),
+            task_guid=self.fresh_guid(),
             task_type=TASK_TYPES["billimport"],
             user_id=self.api_user_id,
             begin_date=now,
@@ -618,7 +624,7 @@ class SandboxState:
         batch_id = props.get("batchId")
         if batch_id is not None and (not _is_int(batch_id) or batch_id not in self.batches):
             raise ControlError(f"no batch with id {batch_id!r}")
-        guid_text = _get(props, "taskGUId", str, "") or self.new_guid()
+        guid_text = _get(props, "taskGUId", str, "") or self.fresh_guid()
         try:
             guid = str(uuid.UUID(guid_text))
         except ValueError:

@@ -39,9 +39,10 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     localiseTimes(document);
-    var tz = document.querySelector(".tz-name");
-    if (tz) {
-      tz.textContent = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    var note = document.querySelector(".tz-note");
+    if (note) {
+      note.textContent = "Times are shown in your browser's time zone (" +
+        Intl.DateTimeFormat().resolvedOptions().timeZone + ").";
     }
   });
   document.addEventListener("htmx:afterSwap", function (event) {
