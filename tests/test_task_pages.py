@@ -197,3 +197,13 @@ def test_unknown_statuses_and_script_tags_from_upstream_are_shown_as_text(clerk_
     assert "Partially &lt;b&gt;Imported&lt;/b&gt;" in body
     assert "&lt;script&gt;x()&lt;/script&gt;" in body
     assert "<script>x()" not in body
+
+
+def test_the_clerk_chooses_how_many_tasks_a_page_shows(clerk_client, sandbox):
+    """Per page 250 asks EnergyCAP for 250; an odd value falls back to 50."""
+    response = clerk_client.get(reverse("task_list"), {"per_page": "250", "period": "90"})
+    assert sandbox.log("task_list")[-1]["query"]["pageSize"] == "250"
+    assert len(response.context["tasks"]) == 78
+    assert "Page 1 of 1" in response.content.decode()
+    clerk_client.get(reverse("task_list"), {"per_page": "100000"})
+    assert sandbox.log("task_list")[-1]["query"]["pageSize"] == "50"

@@ -15,7 +15,8 @@ from ..models import RetryAttempt
 from ..retries import build_retry_form, load_batch_choices
 
 PERIODS = {"7": 7, "30": 30, "90": 90}
-TASKS_PER_PAGE = 50
+PAGE_SIZES = ("25", "50", "100", "250")
+TASKS_PER_PAGE = "50"
 DETAIL_ROWS_PER_PAGE = 50
 
 
@@ -38,9 +39,14 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
         period = "30"
     only_kickouts = request.GET.get("kickouts") == "1"
     page_number = _positive_int(request.GET.get("page"))
+    per_page = request.GET.get("per_page", TASKS_PER_PAGE)
+    if per_page not in PAGE_SIZES:
+        per_page = TASKS_PER_PAGE
     context = {
         "period": period,
         "periods": PERIODS,
+        "per_page": per_page,
+        "page_sizes": PAGE_SIZES,
         "only_kickouts": only_kickouts,
         "page": None,
         "tasks": [],
@@ -50,7 +56,7 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
         page = energycap.client().list_bill_import_tasks(
             filter_clauses=[("beginDate", f"last {PERIODS[period]} days", None)],
             page_number=page_number,
-            page_size=TASKS_PER_PAGE,
+            page_size=int(per_page),
         )
     except EnergyCapError as exc:
         context["error"] = exc
