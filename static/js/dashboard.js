@@ -45,9 +45,10 @@
         Intl.DateTimeFormat().resolvedOptions().timeZone + ").";
     }
   });
+  // htmx 2 fires afterSwap on the element it inserted; detail.target is the one it replaced.
   document.addEventListener("htmx:afterSwap", function (event) {
-    localiseTimes(event.detail.target.parentNode || document);
-    focusNews(event.detail.target);
+    localiseTimes(event.target);
+    focusNews(event.target);
   });
   document.addEventListener("htmx:oobAfterSwap", function (event) {
     localiseTimes(event.detail.target);
