@@ -341,7 +341,7 @@ class EnergyCap:
         except ValueError:
             kind = response.headers.get("Content-Type", "unknown content").split(";")[0]
             raise Unavailable(
-                f"EnergyCAP answered with something that is not JSON ({kind}).",
+                f"EnergyCAP's answer could not be read as JSON (it was labelled {kind}).",
                 status_code=status,
             ) from None
         return _Response(status, response.headers, data)

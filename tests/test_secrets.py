@@ -1,0 +1,287 @@
+"""The EnergyCAP API key never leaves the server: not in a page, a log line or an error report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from django.conf import settings as django_settings
+from django.core.signals import got_request_exception
+from django.test import Client
+from django.urls import reverse
+from django.views.debug import ExceptionReporter
+
+from dashboard.sentry import FILTERED, make_before_send, scrub
+from kickouts.models import Outcome, RetryAttempt
+from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID, RUNNING_TASK_GUID
+
+from .conftest import signed_in_client
+from .retry_helpers import post_retry
+from .test_access import EXPECTED, PUBLIC, project_routes, send, url_for
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def api_key() -> str:
+    key = django_settings.ENERGYCAP_API_KEY
+    assert len(key) >= 12, "the search below needs a key long enough not to match by chance"
+    return key
+
+
+def wire_text(response) -> str:
+    """Everything the browser receives: status line, headers, cookies and body."""
+    body = (
+        b"".join(response.streaming_content)
+        if response.streaming
+        else response.content  # a file, a CSV or a page
+    )
+    head = "\n".join(f"{name}: {value}" for name, value in response.headers.items())
+    return f"{response.status_code}\n{head}\n{response.cookies.output()}\n" + body.decode(
+        "utf-8", "replace"
+    )
+
+
+def log_text(records: list[logging.LogRecord]) -> str:
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    return "\n".join(formatter.format(record) for record in records)
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def everyone(client, outsider, clerk, other_clerk, supervisor) -> dict[str, Client]:
+    """A signed-out visitor and one signed-in client per role."""
+    users = {"outsider": outsider, "clerk": clerk, "other_clerk": other_clerk}
+    users["supervisor"] = supervisor
+    return {"signed out": client} | {role: signed_in_client(u) for role, u in users.items()}
+
+
+def test_no_page_fragment_or_log_line_contains_the_key(everyone, clerk, sandbox, caplog):
+    """Every route, every role, page and htmx, plus a real retry and upstream errors."""
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+    clerk_client = everyone["clerk"]
+    # A real retry (review, then send), so retry pages show a real payload and answer.
+    seen = [
+        post_retry(clerk_client, API_USER_KICKOUT_TASK_GUID, batch_mode="new self-contained batch")
+    ]
+    seen.append(
+        post_retry(
+            clerk_client,
+            API_USER_KICKOUT_TASK_GUID,
+            action="send",
+            batch_mode="new self-contained batch",
+        )
+    )
+    attempt = RetryAttempt.objects.get()
+    RetryAttempt.objects.create(
+        requested_by=clerk,
+        form_token=uuid.uuid4(),
+        source_task_guid=RUNNING_TASK_GUID,
+        batch_mode="new batch",
+        payload={},
+        outcome=Outcome.UNKNOWN,
+        upstream_message="EnergyCAP did not answer within 1 seconds.",
+    )
+    for route in project_routes():
+        url = url_for(route, guid=API_USER_KICKOUT_TASK_GUID, pk=attempt.pk)
+        kinds = ["GET", "HTMX"] if EXPECTED[route.name] == PUBLIC else EXPECTED[route.name]
+        for c in everyone.values():
+            seen.extend(send(c, kind, url) for kind in kinds)
+    seen.append(everyone["supervisor"].get(reverse("health_ready"), {"upstream": "1"}))
+    # Upstream errors: a refused key (its page talks about the key), HTML and bad JSON.
+    sandbox.fault("task_list", {"status": 401})
+    sandbox.fault("kickout_summary", *[{"html": True, "status": 502}] * 3)
+    sandbox.fault("kickout_detail", {"malformed": True})
+    seen.append(clerk_client.get(reverse("task_list")))
+    seen.append(clerk_client.get(reverse("task_detail", args=[API_USER_KICKOUT_TASK_GUID])))
+    seen.append(clerk_client.get(reverse("task_detail", args=[API_USER_KICKOUT_TASK_GUID])))
+    assert all(r.status_code != 500 for r in seen)
+
+    key = api_key()
+    assert len(seen) > 100
+    leaks = [r.request["PATH_INFO"] for r in seen if key in wire_text(r)]
+    assert leaks == []
+    assert caplog.records, "logging was captured"
+    assert key not in log_text(caplog.records)
+
+
+def test_error_pages_with_debug_off_do_not_contain_the_key(clerk_client, outsider_client):
+    """404, 403 and 400 are the project's own short pages, with no settings or tracebacks."""
+    assert not django_settings.DEBUG
+    responses = {
+        404: clerk_client.get("/no/such/page/"),
+        403: outsider_client.get(reverse("retry_form", args=[API_USER_KICKOUT_TASK_GUID])),
+        400: clerk_client.get(reverse("task_list"), HTTP_HOST="evil.example.com"),
+    }
+    for status, response in responses.items():
+        assert response.status_code == status
+        assert api_key() not in wire_text(response)
+        assert "Traceback" not in wire_text(response)
+        assert "ENERGYCAP" not in wire_text(response)
+
+
+class UpstreamBug(RuntimeError):
+    """Stands for any unexpected failure inside the HTTP stack, below `EnergyCap._request`."""
+
+
+@pytest.fixture
+def broken_transport(monkeypatch):
+    """The transport fails after the request (with its ECI-ApiKey header) was prepared."""
+
+    def send(self, request, **kwargs):
+        assert request.headers["ECI-ApiKey"]  # the key really is in the frames below
+        raise UpstreamBug("the connection pool is in a state nobody expected")
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+
+
+def test_a_500_page_log_and_exception_report_do_not_contain_the_key(
+    clerk_client, broken_transport, caplog
+):
+    """An unexpected exception inside the client: the 500 page, the log and the report."""
+    caplog.set_level(logging.DEBUG)
+    reports = []
+
+    def keep(sender, request, **kwargs):
+        # What AdminEmailHandler and Sentry get: the request and the live traceback.
+        reports.append(ExceptionReporter(request, *sys.exc_info()))
+
+    got_request_exception.connect(keep)
+    try:
+        clerk_client.raise_request_exception = False
+        response = clerk_client.get(reverse("task_list"))
+    finally:
+        got_request_exception.disconnect(keep)
+
+    assert response.status_code == 500
+    assert "Something went wrong" in wire_text(response)
+    [report] = reports
+    frames = [frame["function"] for frame in report.get_traceback_frames()]
+    assert "_request" in frames, "raised inside EnergyCap._request, with the client in locals"
+    html = report.get_traceback_html()
+    assert "&lt;EnergyCap http://127.0.0.1:" in html  # the client is there, by its repr
+    key = api_key()
+    assert key not in wire_text(response)
+    assert key not in report.get_traceback_text()
+    assert key not in html
+    assert key not in log_text(caplog.records)
+    assert any(r.name == "django.request" and r.exc_info for r in caplog.records)
+
+
+def test_the_sandbox_request_log_keeps_no_key(clerk_client, sandbox, sandbox_process):
+    """The fake's own log records that a key came, never its value."""
+    clerk_client.get(reverse("task_detail", args=[API_USER_KICKOUT_TASK_GUID]))
+    entries = sandbox.log()
+    assert entries and all(entry["hasKey"] for entry in entries)
+    key = api_key()
+    assert key not in json.dumps(entries)
+    assert key not in sandbox_process.stderr_text()
+
+
+# --- Sentry ------------------------------------------------------------------------------
+
+
+def test_before_send_scrubs_the_key_from_the_whole_event():
+    """Messages, exception values, breadcrumbs, headers, dict keys, lists and URL-encoded."""
+    key = "k3y/with+odd=chars-7c1e9d"
+    event = {
+        "message": f"failed with key {key}",
+        "exception": {
+            "values": [
+                {
+                    "type": "RuntimeError",
+                    "value": f"proxy echoed ECI-ApiKey: {key}",
+                    "stacktrace": {"frames": [{"vars": {"api_key": key, key: [key, (key,)]}}]},
+                }
+            ]
+        },
+        "breadcrumbs": {
+            "values": [{"message": "GET /api/v3/me?k=k3y%2Fwith%2Bodd%3Dchars-7c1e9d"}]
+        },
+        "request": {"headers": {"ECI-ApiKey": key}, "query_string": "k=k3y%2Fwith%2Bodd%3Dchars"},
+        "extra": {"raw": key.encode(), "count": 3, "none": None},
+    }
+    cleaned = make_before_send(key)(event, {})
+    text = json.dumps(cleaned, default=lambda b: b.decode())
+    assert key not in text
+    assert "k3y%2Fwith%2Bodd%3Dchars-7c1e9d" not in text
+    assert cleaned["request"]["headers"]["ECI-ApiKey"] == FILTERED
+    assert cleaned["extra"]["count"] == 3 and cleaned["extra"]["none"] is None
+    assert cleaned["message"] == f"failed with key {FILTERED}"
+    assert scrub({"a": "b"}, "") == {"a": "b"}
+
+
+SENTRY_PROBE = """
+import json, logging, django, requests, sentry_sdk
+from sentry_sdk.transport import Transport
+django.setup()
+from kickouts.energycap import EnergyCap
+
+sent = []
+class Keep(Transport):
+    def capture_envelope(self, envelope):
+        sent.append(envelope.serialize().decode("utf-8", "replace"))
+
+client = sentry_sdk.get_client()
+options = client.options
+client.transport = Keep(options)
+
+def send(self, request, **kwargs):
+    # A proxy that echoes the request headers into its error: the worst case.
+    raise RuntimeError("proxy refused: " + repr(dict(request.headers)))
+requests.adapters.HTTPAdapter.send = send
+
+logging.getLogger("kickouts.energycap").warning("about to call EnergyCAP")
+try:
+    EnergyCap("http://127.0.0.1:9", "PROBE-KEY-0123456789abcdef").current_user()
+except RuntimeError:
+    sentry_sdk.capture_exception()
+sentry_sdk.flush(2)
+print(json.dumps({
+    "send_default_pii": options["send_default_pii"],
+    "include_local_variables": options["include_local_variables"],
+    "before_send": getattr(options["before_send"], "__module__", None),
+    "sent": sent,
+}))
+"""
+
+
+def test_settings_start_sentry_without_pii_locals_or_the_key_when_a_dsn_is_set():
+    """SENTRY_DSN set: settings.py starts Sentry through dashboard.sentry, and events are clean."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+        "SENTRY_DSN": "https://public@sentry.invalid/1",
+        "ENERGYCAP_API_KEY": "PROBE-KEY-0123456789abcdef",
+        "ENERGYCAP_BASE_URL": "http://127.0.0.1:9",
+    }
+    env.pop("DATABASE_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-c", SENTRY_PROBE],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["send_default_pii"] is False
+    assert found["include_local_variables"] is False
+    assert found["before_send"] == "dashboard.sentry"
+    [envelope] = found["sent"]
+    assert "proxy refused" in envelope and FILTERED in envelope
+    assert "about to call EnergyCAP" in envelope  # breadcrumbs are scrubbed too, not dropped
+    assert "PROBE-KEY-0123456789abcdef" not in envelope
+    assert '"vars"' not in envelope
