@@ -207,3 +207,11 @@ def test_the_clerk_chooses_how_many_tasks_a_page_shows(clerk_client, sandbox):
     assert "Page 1 of 1" in response.content.decode()
     clerk_client.get(reverse("task_list"), {"per_page": "100000"})
     assert sandbox.log("task_list")[-1]["query"]["pageSize"] == "50"
+
+
+def test_the_back_button_restores_the_whole_task_list(clerk_client):
+    """An htmx history-restore request gets the full page, not just the table."""
+    response = clerk_client.get(
+        reverse("task_list"), HTTP_HX_REQUEST="true", HTTP_HX_HISTORY_RESTORE_REQUEST="true"
+    )
+    assert "<html" in response.content.decode()

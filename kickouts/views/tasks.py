@@ -74,7 +74,8 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
         context["tasks"] = [(t, retries.get(t.guid)) for t in tasks]
         context["page"] = page
     template = "kickouts/task_list.html"
-    if request.htmx and not request.htmx.boosted:
+    # The back button's history restore wants the whole page, not the table alone.
+    if request.htmx and not request.htmx.boosted and not request.htmx.history_restore_request:
         template += "#task-table"
     return render(request, template, context)
 
