@@ -4,7 +4,9 @@ Every variable is listed and explained in `.env.example`. Unset values give a
 safe local set-up: the built-in EnergyCAP sandbox and a SQLite file.
 """
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -138,7 +140,11 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Tests on a file, not SQLite's shared-cache memory database: concurrent writers
     # then wait for each other (as in production) instead of failing at once.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-db.sqlite3")}
+    # One file per checkout, in the system's temporary folder.
+    _checkout = hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:12]
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(Path(tempfile.gettempdir()) / f"kickouts-test-{_checkout}.sqlite3")
+    }
 
 REDIS_URL = os.environ.get("REDIS_URL", "").strip()
 if REDIS_URL:
