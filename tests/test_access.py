@@ -123,12 +123,6 @@ def observable(attempt: RetryAttempt) -> dict:
     }
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    """Four users a test: hashing their passwords properly would be most of the run time."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def clerks_retry(clerk) -> RetryAttempt:
     """Carla's retry, whose new import task is still running."""

@@ -22,11 +22,6 @@ TASK = API_USER_KICKOUT_TASK_GUID
 SELF_CONTAINED = "new self-contained batch"
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def timed_get(client, url, **extra):
     started = time.monotonic()
     response = client.get(url, **extra)

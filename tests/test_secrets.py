@@ -53,11 +53,6 @@ def log_text(records: list[logging.LogRecord]) -> str:
     return "\n".join(formatter.format(record) for record in records)
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def everyone(client, outsider, clerk, other_clerk, supervisor) -> dict[str, Client]:
     """A signed-out visitor and one signed-in client per role."""
