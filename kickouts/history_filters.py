@@ -70,6 +70,19 @@ class CursorField(forms.Field):
 
 
 class UserChoiceField(forms.ModelChoiceField):
+    """Lists the users who have retries, but checks a chosen one by primary key alone:
+    checking it against the listing's EXISTS query read all of that user's retries."""
+
+    def to_python(self, value):
+        if value in self.empty_values:
+            return None
+        try:
+            return get_user_model().objects.get(pk=int(value))
+        except (TypeError, ValueError, get_user_model().DoesNotExist):
+            raise forms.ValidationError(
+                self.error_messages["invalid_choice"], code="invalid_choice"
+            ) from None
+
     def label_from_instance(self, user) -> str:
         name = user.get_full_name()
         return f"{name} ({user.get_username()})" if name else user.get_username()
