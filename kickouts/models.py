@@ -312,6 +312,8 @@ class RetryAttempt(models.Model):
         the first stores it, and an older reading never overwrites a newer one.
         """
         checked_at = checked_at or timezone.now()
+        if self.new_task_checked_at is not None and self.new_task_checked_at >= checked_at:
+            return False  # already stored: a polled panel then writes nothing
         values = {
             "new_task_status": task.status[:100],
             "new_task_finished": not task.is_running,
