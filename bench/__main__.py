@@ -25,6 +25,12 @@ POLL_SECONDS = 3.0
 DEFAULT_REDIS = "redis://127.0.0.1:6379/13"
 
 
+def _project_relative(text: str) -> str:
+    """Paths in the results relative to the project, so no machine's paths are written."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return text.replace("sqlite:///" + root + "/", "").replace(root + "/", "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="50,000 rows, fewer repeats")
@@ -87,7 +93,7 @@ def _run(args, rows, database_url, postgres, redis_url, env, sandbox, say, wall)
     where = (
         f"PostgreSQL {_postgres_version()} ({database_url.rsplit('@', 1)[-1]})"
         if postgres
-        else f"SQLite {sqlite3.sqlite_version} ({database_url.removeprefix('sqlite:///')})"
+        else f"SQLite {sqlite3.sqlite_version} ({_project_relative(database_url)})"
     )
     cache = f"Redis ({redis_url})" if postgres else "per-process memory (LocMemCache)"
     say(f"Database: {where}. Cache of the main server: {cache}.")
@@ -181,7 +187,8 @@ def _run(args, rows, database_url, postgres, redis_url, env, sandbox, say, wall)
         + (f" --rows {args.rows}" if args.rows else "")
     )
     notes = [
-        f"Server logs: {server.log_path.parent}/. Data: {database_url}.",
+        f"Server logs: {_project_relative(str(server.log_path.parent))}/. "
+        f"Data: {_project_relative(database_url)}.",
         "Every ratio divides medians measured in this run on the same gunicorn worker; "
         "'floor (interleaved)' was sampled alternately with the page it is compared with.",
         "'in-process … SQL … Python' notes: the same view run in the bench process through "
