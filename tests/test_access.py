@@ -22,6 +22,7 @@ from kickouts.models import Outcome, RetryAttempt
 from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID, RUNNING_TASK_GUID
 
 from .conftest import signed_in_client
+from .factories import make_retry
 
 # Not ours to test here: Django's admin has its own staff checks, and the sign-in views are
 # where a signed-out visitor is sent.
@@ -126,14 +127,8 @@ def observable(attempt: RetryAttempt) -> dict:
 @pytest.fixture
 def clerks_retry(clerk) -> RetryAttempt:
     """Carla's retry, whose new import task is still running."""
-    return RetryAttempt.objects.create(
-        requested_by=clerk,
-        form_token=uuid.uuid4(),
-        source_task_guid=API_USER_KICKOUT_TASK_GUID,
-        batch_mode="new self-contained batch",
-        payload={"batchSettings": {"batchMode": "new self-contained batch"}},
-        outcome=Outcome.SUBMITTED,
-        new_task_guid=RUNNING_TASK_GUID,
+    return make_retry(
+        clerk, source_task_guid=API_USER_KICKOUT_TASK_GUID, new_task_guid=RUNNING_TASK_GUID
     )
 
 
@@ -211,13 +206,8 @@ def test_a_clerk_gets_404_for_another_clerks_retry_and_a_supervisor_sees_it(
     other_clerk, clients, clerks_retry
 ):
     """Retry pages belong to who asked and to supervisors; others cannot tell they exist."""
-    oscars = RetryAttempt.objects.create(
-        requested_by=other_clerk,
-        form_token=uuid.uuid4(),
-        source_task_guid=API_USER_KICKOUT_TASK_GUID,
-        batch_mode="new batch",
-        payload={},
-        outcome=Outcome.REJECTED,
+    oscars = make_retry(
+        other_clerk, source_task_guid=API_USER_KICKOUT_TASK_GUID, outcome=Outcome.REJECTED
     )
     assert clients["clerk"].get(oscars.get_absolute_url()).status_code == 404
     assert clients["other_clerk"].get(oscars.get_absolute_url()).status_code == 200

@@ -29,6 +29,7 @@ from kickouts.roles import ensure_roles
 from kickouts.sandbox.state import KICKOUT_TASK_GUID, RUNNING_TASK_GUID
 
 from .conftest import PASSWORD
+from .factories import make_retry
 
 pytestmark = pytest.mark.postgres
 
@@ -223,14 +224,8 @@ def test_ten_clerks_on_two_servers_make_one_re_import(servers, sandbox, django_u
 def test_twenty_panels_on_two_servers_share_one_status_request(servers, sandbox, django_user_model):
     """Twenty panel refreshes at once across both servers: one task_get per interval."""
     [supervisor] = make_users(django_user_model, "Supervisors", ["sam"])
-    attempt = RetryAttempt.objects.create(
-        requested_by=supervisor,
-        form_token=uuid.uuid4(),
-        source_task_guid=KICKOUT_TASK_GUID,
-        batch_mode="new self-contained batch",
-        payload={},
-        outcome=Outcome.SUBMITTED,
-        new_task_guid=RUNNING_TASK_GUID,
+    attempt = make_retry(
+        supervisor, source_task_guid=KICKOUT_TASK_GUID, new_task_guid=RUNNING_TASK_GUID
     )
     signed_in = [sign_in(server.url, "sam") for server in servers]
     sandbox.fault("task_get", latency=0.05)

@@ -14,6 +14,7 @@ from kickouts.models import Outcome, RetryAttempt
 from kickouts.roles import ensure_roles
 from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID, KICKOUT_TASK_GUID
 
+from .factories import make_retry
 from .retry_helpers import form_errors, post_retry
 
 TASK = API_USER_KICKOUT_TASK_GUID
@@ -292,12 +293,10 @@ def test_a_stale_submitting_row_turns_unknown_and_frees_the_task(clerk, clerk_cl
 
     from django.utils import timezone
 
-    RetryAttempt.objects.create(
-        requested_by=clerk,
-        form_token=uuid.uuid4(),
+    make_retry(
+        clerk,
         source_task_guid=TASK,
-        batch_mode="new batch",
-        payload={},
+        outcome=Outcome.SUBMITTING,
         requested_at=timezone.now() - timedelta(hours=1),
     )
     response = post_retry(clerk_client, TASK, action="send", batch_mode="new self-contained batch")

@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from kickouts.models import Outcome, RetryAttempt
 from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID, RUNNING_TASK_GUID
 
 from .conftest import signed_in_client
+from .factories import make_retry
 from .retry_helpers import post_retry
 from .test_access import EXPECTED, PUBLIC, project_routes, send, url_for
 
@@ -79,12 +79,9 @@ def test_no_page_fragment_or_log_line_contains_the_key(everyone, clerk, sandbox,
         )
     )
     attempt = RetryAttempt.objects.get()
-    RetryAttempt.objects.create(
-        requested_by=clerk,
-        form_token=uuid.uuid4(),
+    make_retry(
+        clerk,
         source_task_guid=RUNNING_TASK_GUID,
-        batch_mode="new batch",
-        payload={},
         outcome=Outcome.UNKNOWN,
         upstream_message="EnergyCAP did not answer within 1 seconds.",
     )

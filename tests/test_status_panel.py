@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import threading
 import time
-import uuid
 
 import pytest
 from django.core.management import call_command
@@ -13,7 +12,7 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from kickouts.models import Outcome, RetryAttempt
+from kickouts.models import RetryAttempt
 from kickouts.roles import ensure_roles
 from kickouts.sandbox.state import (
     API_USER_KICKOUT_TASK_GUID,
@@ -22,20 +21,12 @@ from kickouts.sandbox.state import (
     RUNNING_TASK_GUID,
 )
 
+from .factories import make_retry
 from .retry_helpers import post_retry
 
 
 def _retry_of(user, new_task_guid: str, source: str = API_USER_KICKOUT_TASK_GUID, **extra):
-    return RetryAttempt.objects.create(
-        requested_by=user,
-        form_token=uuid.uuid4(),
-        source_task_guid=source,
-        batch_mode="new self-contained batch",
-        payload={"batchSettings": {"batchMode": "new self-contained batch"}},
-        outcome=Outcome.SUBMITTED,
-        new_task_guid=new_task_guid,
-        **extra,
-    )
+    return make_retry(user, source_task_guid=source, new_task_guid=new_task_guid, **extra)
 
 
 def _panel(client, attempt, **params):

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
-
 import responses
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from kickouts.models import RetryAttempt
 from kickouts.sandbox.state import (
     API_USER_KICKOUT_TASK_GUID,
     EXPORT_TASK_GUID,
     KICKOUT_TASK_GUID,
     RUNNING_TASK_GUID,
 )
+
+from .factories import make_retry
 
 
 def test_a_signed_out_visitor_is_sent_to_sign_in(client, sandbox):
@@ -108,14 +107,7 @@ def test_an_empty_period_says_so_and_what_to_do(clerk_client, settings):
 def test_the_task_list_shows_each_tasks_retries_in_one_query(clerk, clerk_client):
     """Retry count and latest outcome come from local records, one query per page."""
     for outcome in ("rejected", "submitted"):
-        RetryAttempt.objects.create(
-            requested_by=clerk,
-            form_token=uuid.uuid4(),
-            source_task_guid=API_USER_KICKOUT_TASK_GUID,
-            batch_mode="new batch",
-            payload={},
-            outcome=outcome,
-        )
+        make_retry(clerk, source_task_guid=API_USER_KICKOUT_TASK_GUID, outcome=outcome)
     with CaptureQueriesContext(connection) as queries:
         response = clerk_client.get(reverse("task_list"))
     retry_queries = [q for q in queries if "kickouts_retryattempt" in q["sql"]]
