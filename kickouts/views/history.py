@@ -33,34 +33,20 @@ PAGE_COLUMNS = (
     "new_task_status",
     "new_task_finished",
 )
-CSV_HEADER = [
-    "id",
-    "requested_at_utc",
-    "requested_by",
-    "source_task_guid",
-    "batch_mode",
-    "batch_code",
-    "outcome",
-    "upstream_status_code",
-    "new_task_guid",
-    "new_task_status",
-    "new_task_end_utc",
-    "import_note",
-]
-# The CSV's columns as the database has them, one for one with CSV_HEADER.
-CSV_VALUES = (
-    "pk",
-    "requested_at",
-    "requested_by__username",
-    "source_task_guid",
-    "batch_mode",
-    "batch_code",
-    "outcome",
-    "upstream_status_code",
-    "new_task_guid",
-    "new_task_status",
-    "new_task_end_date",
-    "import_note",
+# (CSV column, database value), so the header and the values cannot drift apart.
+CSV_COLUMNS = (
+    ("id", "pk"),
+    ("requested_at_utc", "requested_at"),
+    ("requested_by", "requested_by__username"),
+    ("source_task_guid", "source_task_guid"),
+    ("batch_mode", "batch_mode"),
+    ("batch_code", "batch_code"),
+    ("outcome", "outcome"),
+    ("upstream_status_code", "upstream_status_code"),
+    ("new_task_guid", "new_task_guid"),
+    ("new_task_status", "new_task_status"),
+    ("new_task_end_utc", "new_task_end_date"),
+    ("import_note", "import_note"),
 )
 CSV_CHUNK_ROWS = 2000
 CSV_PIECE_ROWS = 500
@@ -130,7 +116,7 @@ def history_csv(request: HtmxHttpRequest) -> HttpResponse:
     rows = (
         filter_retries(RetryAttempt.objects.visible_to(request.user), form.cleaned_data)
         .order_by("-requested_at", "-id")
-        .values_list(*CSV_VALUES)
+        .values_list(*(value for _, value in CSV_COLUMNS))
     )
     response = StreamingHttpResponse(
         csv_pieces(rows.iterator(chunk_size=CSV_CHUNK_ROWS)),
@@ -151,7 +137,7 @@ class _Echo:
 def csv_pieces(rows: Iterable[tuple]) -> Iterator[str]:
     """The header, then the rows a few hundred at a time: memory stays flat however many."""
     writer = csv.writer(_Echo())
-    yield writer.writerow(CSV_HEADER)
+    yield writer.writerow([header for header, _ in CSV_COLUMNS])
     lines: list[str] = []
     for row in rows:
         lines.append(writer.writerow([_cell(value) for value in row]))
