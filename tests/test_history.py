@@ -10,11 +10,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from kickouts.history_filters import USERS_CACHE_KEY
 from kickouts.models import Outcome, RetryAttempt
 
 HISTORY = reverse("history")
@@ -156,6 +158,25 @@ def test_a_row_shows_when_who_tasks_mode_outcome_and_final_status(supervisor_cli
     assert "Completed with kickouts" in body
 
 
+def test_text_in_a_row_is_escaped(supervisor_client, django_user_model):
+    """Names, batch codes and statuses are shown as text, never as markup."""
+    mallory = django_user_model.objects.create_user(
+        username="mallory", first_name="<b>Mal</b>", last_name="<script>x()</script>"
+    )
+    retry(
+        mallory,
+        batch_code="<i>AP</i>",
+        outcome=Outcome.SUBMITTED,
+        new_task_guid=guid(),
+        new_task_status="Done <img src=x>",
+        new_task_finished=True,
+    )
+    body = supervisor_client.get(HISTORY).content.decode()
+    assert "&lt;b&gt;Mal&lt;/b&gt; &lt;script&gt;x()&lt;/script&gt;" in body
+    assert "batch &lt;i&gt;AP&lt;/i&gt;" in body and "Done &lt;img src=x&gt;" in body
+    assert "<script>x()" not in body and "<i>AP</i>" not in body and "<img src=x>" not in body
+
+
 def test_a_new_task_still_running_says_running_and_an_unsent_retry_has_none(
     supervisor_client, clerk
 ):
@@ -251,6 +272,29 @@ def test_a_page_asks_the_database_the_same_number_of_times_for_5_or_60_rows(
 
 
 # --- filters ------------------------------------------------------------------------------
+
+
+def test_someone_newer_than_the_cached_people_list_can_still_be_chosen(
+    supervisor_client, clerk, other_clerk
+):
+    """The people list is cached for a minute; Oscar's first retry is newer than that list,
+    so he is not offered yet, but a link or bookmark that chooses him still works."""
+    retry(clerk)
+    assert "Oscar Other" not in supervisor_client.get(HISTORY).content.decode()
+    oscars = retry(other_clerk)
+    response = supervisor_client.get(HISTORY, {"user": other_clerk.pk})
+    assert shown(response) == [oscars.pk]
+    assert "could not be used" not in response.content.decode()
+    cache.delete(USERS_CACHE_KEY)  # a minute later
+    body = supervisor_client.get(HISTORY).content.decode()
+    assert f'<option value="{other_clerk.pk}">Oscar Other (oscar)</option>' in body
+
+
+def test_someone_who_does_not_exist_cannot_be_chosen(supervisor_client, clerk):
+    retry(clerk)
+    body = supervisor_client.get(HISTORY, {"user": 987654}).content.decode()
+    assert "Choose someone from the list" in body
+    assert 'aria-invalid="true"' in body
 
 
 def test_a_supervisor_filters_by_who_asked(supervisor_client, clerk, other_clerk):

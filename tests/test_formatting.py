@@ -1,0 +1,106 @@
+"""The table-cell helpers that replace slower Django built-ins give the built-ins' answers."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from django.template.defaultfilters import truncatechars
+from django.urls import NoReverseMatch, reverse, set_script_prefix
+from django.utils.html import format_html
+
+from kickouts import formatting
+from kickouts.models import Outcome, RetryAttempt
+
+
+@pytest.fixture
+def script_prefix():
+    """Serving the dashboard under /kickouts/ (SCRIPT_NAME), then back at the root."""
+    set_script_prefix("/kickouts/")
+    yield
+    set_script_prefix("/")
+
+
+def test_task_url_is_what_reverse_gives():
+    for guid in (str(uuid.uuid4()), str(uuid.uuid4()).upper()):
+        assert formatting.task_url(guid) == reverse("task_detail", args=[guid])
+
+
+def test_task_url_and_retry_url_follow_the_script_prefix(script_prefix):
+    guid = str(uuid.uuid4())
+    assert formatting.task_url(guid) == f"/kickouts/tasks/{guid}/"
+    assert formatting.task_url(guid) == reverse("task_detail", args=[guid])
+    assert formatting.retry_url(7) == reverse("retry_detail", args=[7]) == "/kickouts/retries/7/"
+
+
+def test_task_url_refuses_what_is_not_a_guid_as_url_does():
+    with pytest.raises(NoReverseMatch):
+        formatting.task_url("not-a-guid")
+    with pytest.raises(NoReverseMatch):
+        formatting.task_url(f"{uuid.uuid4()}/../admin")
+
+
+def test_retry_url_is_what_reverse_gives():
+    for pk in (1, 42, 9876543210, "15"):
+        assert formatting.retry_url(pk) == reverse("retry_detail", args=[pk])
+
+
+def reference_local_time(value, zone) -> str:
+    """The tag as it was written with format_html and strftime, before it was made faster."""
+    utc, local = value.astimezone(UTC), value.astimezone(zone)
+    return format_html(
+        '<time datetime="{}" data-local title="{} UTC">{}</time>',
+        utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        utc.strftime("%Y-%m-%d %H:%M:%S"),
+        f"{local:%Y-%m-%d %H:%M} {local.tzname()}",
+    )
+
+
+@pytest.mark.parametrize("zone_name", ["UTC", "America/New_York", "Asia/Kolkata"])
+def test_local_time_matches_the_reference_in_any_site_zone(settings, zone_name):
+    from zoneinfo import ZoneInfo
+
+    settings.TIME_ZONE = zone_name
+    moments = [
+        datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        datetime(2026, 7, 1, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(2026, 3, 8, 7, 0, tzinfo=UTC),  # New York's clocks move that morning
+    ]
+    for moment in moments:
+        assert formatting.local_time(moment) == reference_local_time(moment, ZoneInfo(zone_name))
+
+
+def test_local_time_without_a_value_shows_the_escaped_placeholder():
+    assert formatting.local_time(None) == '<span class="muted">—</span>'
+    assert formatting.local_time(None, "<b>never</b>") == (
+        '<span class="muted">&lt;b&gt;never&lt;/b&gt;</span>'
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "short",
+        "exactly thirteen",
+        "a" * 13,
+        "a" * 14,
+        "Monthly EDI feed for all sites",
+        "Cafe\u0301 cre\u0300me bru\u0302le\u0301e, twice",
+        "e\u0301" * 20,
+        None,
+        48211,
+    ],
+)
+def test_truncate_chars_is_djangos_truncatechars(text):
+    for length in (1, 13, 20, 60):
+        expected = truncatechars("" if text is None else text, length)
+        assert formatting.truncate_chars(text, length) == expected
+
+
+@pytest.mark.django_db
+def test_outcome_label_is_get_outcome_display(clerk):
+    for outcome in [*Outcome.values, "something-new"]:
+        retry = RetryAttempt(requested_by=clerk, outcome=outcome)
+        assert retry.outcome_label == retry.get_outcome_display()
