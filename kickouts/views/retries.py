@@ -140,7 +140,7 @@ def retry_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @login_required
 def status_panel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """The polled status panel; answers 286 (htmx: stop polling) once polling should stop."""
-    attempt = _visible_attempt(request, pk)
+    attempt = _visible_attempt(request, pk, with_requester=False)
     if not request.htmx:
         return redirect(attempt)
     try:
@@ -204,11 +204,12 @@ def panel_context(request, attempt: RetryAttempt, *, watch_started: float, failu
     return context
 
 
-def _visible_attempt(request, pk: int) -> RetryAttempt:
+def _visible_attempt(request, pk: int, *, with_requester: bool = True) -> RetryAttempt:
     """The retry, if this user may see it; another clerk's retry is a (logged) 404."""
-    # Polled every few seconds: one indexed lookup, and the permission check only
-    # when the retry is someone else's.
-    attempt = RetryAttempt.objects.select_related("requested_by").filter(pk=pk).order_by().first()
+    # Polled every few seconds: one indexed lookup (without the requester's row, which
+    # the panel does not show), and the permission check only when it is someone else's.
+    retries = RetryAttempt.objects.select_related("requested_by" if with_requester else None)
+    attempt = retries.filter(pk=pk).order_by().first()
     if attempt is None:
         raise Http404("No such retry.")
     if attempt.requested_by_id != request.user.pk and not request.user.has_perm(

@@ -1,0 +1,54 @@
+"""The permission backend: Django's rules, read in one query."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import backends
+from django.contrib.auth.models import Group, Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from kickouts.auth_backends import ModelBackend
+
+
+def fresh(user):
+    """The same user as the next request loads it: nothing remembered."""
+    return type(user).objects.get(pk=user.pk)
+
+
+@pytest.mark.django_db
+def test_a_user_has_her_own_and_her_groups_permissions_read_in_one_query(clerk):
+    own = Permission.objects.get(codename="view_all_retries")
+    clerk.user_permissions.add(own)
+    user = fresh(clerk)
+    with CaptureQueriesContext(connection) as queries:
+        perms = ModelBackend().get_all_permissions(user)
+        assert user.has_perm("kickouts.submit_retry")  # from AP staff
+        assert user.has_perm("kickouts.view_all_retries")  # her own
+    assert len(queries) == 1
+    assert perms == backends.ModelBackend().get_all_permissions(fresh(clerk))
+
+
+@pytest.mark.django_db
+def test_a_role_taken_away_counts_on_the_next_request(clerk):
+    assert fresh(clerk).has_perm("kickouts.submit_retry")
+    clerk.groups.clear()
+    assert not fresh(clerk).has_perm("kickouts.submit_retry")
+
+
+@pytest.mark.django_db
+def test_a_permission_taken_from_a_group_counts_on_the_next_request(clerk):
+    group = Group.objects.get(name="AP staff")
+    group.permissions.remove(Permission.objects.get(codename="submit_retry"))
+    assert not fresh(clerk).has_perm("kickouts.submit_retry")
+
+
+@pytest.mark.django_db
+def test_an_inactive_user_has_no_permissions_and_a_superuser_has_all(clerk, django_user_model):
+    clerk.is_active = False
+    clerk.save()
+    assert not fresh(clerk).has_perm("kickouts.submit_retry")
+    root = django_user_model.objects.create_superuser("root", password="x" * 12)
+    assert ModelBackend().get_all_permissions(fresh(root)) == {
+        f"{p.content_type.app_label}.{p.codename}" for p in Permission.objects.all()
+    }
