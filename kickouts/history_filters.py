@@ -202,8 +202,14 @@ def _plausible(day: date | None) -> date | None:
 
 
 def users_with_retries() -> list[tuple[int, str]]:
-    """(pk, name) of everyone who has retried, for the filter's choices; cached for a minute."""
+    """(pk, name) of everyone who has retried, for the filter's choices; cached for a minute
+    and forgotten when a retry is recorded (`forget_people_with_retries`)."""
     return cache.get_or_set(USERS_CACHE_KEY, _read_users_with_retries, USERS_CACHE_SECONDS)
+
+
+def forget_people_with_retries() -> None:
+    """After a retry is recorded: its user may be new to the list."""
+    cache.delete(USERS_CACHE_KEY)
 
 
 def _read_users_with_retries() -> list[tuple[int, str]]:

@@ -13,6 +13,7 @@ from django.core.cache import cache
 from . import energycap
 from .energycap import EnergyCapError, NotFound, Rejected, Unauthorized, Unavailable
 from .forms import BatchChoices, RetryForm
+from .history_filters import forget_people_with_retries
 from .models import RetryAttempt
 from .payloads import CurrentUser, Task
 
@@ -79,16 +80,21 @@ def submit_kickout_retry(*, user, form: RetryForm, task: Task) -> RetryAttempt:
     (another retry of the task holds the slot) from `RetryAttempt.start`.
     """
     api = energycap.client()
-    attempt = RetryAttempt.start(
-        user=user,
-        form_token=form.cleaned_data["form_token"],
-        source_task=task,
-        batch_mode=form.cleaned_data["batch_mode"],
-        batch_code=form.batch_code(),
-        import_note=form.cleaned_data.get("import_note", ""),
-        payload=form.payload(),
-        confirmed_duplicate_of=form.earlier_retry,
-    )
+    try:
+        attempt = RetryAttempt.start(
+            user=user,
+            form_token=form.cleaned_data["form_token"],
+            source_task=task,
+            batch_mode=form.cleaned_data["batch_mode"],
+            batch_code=form.batch_code(),
+            import_note=form.cleaned_data.get("import_note", ""),
+            payload=form.payload(),
+            confirmed_duplicate_of=form.earlier_retry,
+        )
+    finally:
+        # This user has a retry now (a refused one is recorded too): the history's
+        # "Asked by" list may need them at once, not a minute later.
+        forget_people_with_retries()
     # Right before sending, look at the task again: someone may have re-imported
     # it in EnergyCAP itself since the form was opened.
     try:

@@ -122,6 +122,16 @@ def test_after_success_the_clerk_lands_on_the_retry_page(clerk_client, sandbox):
     assert "Carla Clerk" in body
 
 
+def test_a_first_retry_puts_the_clerk_in_the_historys_people_list_at_once(
+    clerk, clerk_client, supervisor_client, sandbox
+):
+    """The list is cached for a minute, but a recorded retry makes it read again."""
+    assert "Carla Clerk (carla)" not in supervisor_client.get(reverse("history")).content.decode()
+    post_retry(clerk_client, TASK, action="send", batch_mode="new self-contained batch")
+    body = supervisor_client.get(reverse("history")).content.decode()
+    assert f'<option value="{clerk.pk}">Carla Clerk (carla)</option>' in body
+
+
 def test_htmx_submits_are_redirected_with_hx_redirect(clerk_client, sandbox):
     """htmx gets HX-Redirect to the retry page, not a swapped fragment."""
     response = post_retry(
