@@ -620,13 +620,14 @@ def many_viewers(run: Run, server: Gunicorn, interval: float) -> None:
 def sql_profiles(run: Run, queries: list[HistoryQuery]) -> None:
     """Where a page's time goes: the same view run in this process, its SQL timed apart.
 
-    Django's test client (no HTTP, no gunicorn) with a wrapper around every query; what is
-    not SQL is Python: the view, forms and templates.
+    Django's test client (no HTTP, no gunicorn) with a wrapper around every query and around
+    the EnergyCAP client's requests; what is neither is Python: the view, forms and templates.
     """
     from django.contrib.auth import get_user_model
     from django.db import connection
     from django.test import Client
 
+    from kickouts import energycap
     from kickouts.models import RetryAttempt
 
     users = get_user_model().objects
@@ -636,22 +637,28 @@ def sql_profiles(run: Run, queries: list[HistoryQuery]) -> None:
         client.force_login(users.get(username=name))
         clients[name] = client
 
+    upstream = _UpstreamTimer(energycap.client().session)
+
     def profile(key: str, who: str, path: str, params: dict, *, repeats: int = 5, **headers):
         client = clients[who]
         client.get(path, params, headers=headers)  # warm: caches, templates, connections
-        totals, sql_times, counts = [], [], []
+        totals, sql_times, counts, waits = [], [], [], []
         for _ in range(repeats):
             timer = _QueryTimer()
+            upstream.seconds = 0.0
             with connection.execute_wrapper(timer):
                 begin = time.perf_counter()
                 client.get(path, params, headers=headers)
                 totals.append(time.perf_counter() - begin)
             sql_times.append(timer.seconds)
             counts.append(timer.count)
+            waits.append(upstream.seconds)
         total, sql = statistics.median(totals), statistics.median(sql_times)
+        wait = statistics.median(waits)
+        waiting = f", waiting for EnergyCAP (the sandbox) {ms(wait)}" if wait else ""
         run.sql[key] = (
-            f"in-process {ms(total)}: SQL {ms(sql)} in {max(counts)} queries, "
-            f"Python {ms(max(0.0, total - sql))}"
+            f"in-process {ms(total)}: SQL {ms(sql)} in {max(counts)} queries{waiting}, "
+            f"Python {ms(max(0.0, total - sql - wait))}"
         )
 
     for query in queries:
@@ -667,6 +674,22 @@ def sql_profiles(run: Run, queries: list[HistoryQuery]) -> None:
     profile("panel", data.SUPERVISOR, f"/retries/{pk}/status/", {"failures": 0}, **HX)
     profile("task_list", data.CLERK, "/", {"period": 90, "per_page": 250})
     profile("task_page", data.CLERK, f"/tasks/{API_USER_KICKOUT_TASK_GUID}/", {})
+
+
+class _UpstreamTimer:
+    """Adds up the time this process's EnergyCAP client waits for answers (and reads them)."""
+
+    def __init__(self, session) -> None:
+        self.seconds = 0.0
+        self._request = session.request
+        session.request = self
+
+    def __call__(self, *args, **kwargs):
+        begin = time.perf_counter()
+        try:
+            return self._request(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - begin
 
 
 class _QueryTimer:
