@@ -69,6 +69,13 @@ def local_time(value, empty: str = "—"):
     )
 
 
+def status_badge(task):
+    """A task's status as a badge: words, with a CSS key for the colour (`Task.status_key`)."""
+    return format_html(
+        '<span class="badge badge-{}">{}</span>', task.status_key, task.status or "(no status)"
+    )
+
+
 def truncate_chars(value, length: int) -> str:
     """Django's `truncatechars`, skipping its character-by-character walk (about 12 µs) for
     short ASCII text, as task notes and IDs mostly are (other text may need normalising)."""

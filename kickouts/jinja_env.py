@@ -14,5 +14,5 @@ def environment(**options) -> Environment:
         retry_url=formatting.retry_url,
         truncate_chars=formatting.truncate_chars,
     )
-    env.globals.update(local_time=formatting.local_time)
+    env.globals.update(local_time=formatting.local_time, status_badge=formatting.status_badge)
     return env

@@ -104,3 +104,20 @@ def test_outcome_label_is_get_outcome_display(clerk):
     for outcome in [*Outcome.values, "something-new"]:
         retry = RetryAttempt(requested_by=clerk, outcome=outcome)
         assert retry.outcome_label == retry.get_outcome_display()
+
+
+def test_status_badge_names_the_status_and_escapes_it():
+    from kickouts.payloads import Task
+
+    def task(status, end="2026-11-20T10:00:00Z"):
+        return Task.from_json({"taskGUId": str(uuid.uuid4()), "status": status, "endDate": end})
+
+    assert formatting.status_badge(task("Completed with kickouts")) == (
+        '<span class="badge badge-kickouts">Completed with kickouts</span>'
+    )
+    assert formatting.status_badge(task("", end=None)) == (
+        '<span class="badge badge-running">(no status)</span>'
+    )
+    assert formatting.status_badge(task("Odd <b>one</b>")) == (
+        '<span class="badge badge-other">Odd &lt;b&gt;one&lt;/b&gt;</span>'
+    )
