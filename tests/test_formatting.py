@@ -121,3 +121,24 @@ def test_status_badge_names_the_status_and_escapes_it():
     assert formatting.status_badge(task("Odd <b>one</b>")) == (
         '<span class="badge badge-other">Odd &lt;b&gt;one&lt;/b&gt;</span>'
     )
+
+
+def test_the_jinja2_rows_link_under_the_script_prefix_they_are_rendered_in(script_prefix):
+    """`{% jinja_rows %}` reads the prefix once per table; the links still follow it."""
+    from django.template import Context, Template
+
+    from kickouts.models import RetrySummary
+    from kickouts.payloads import Task
+
+    guid = str(uuid.uuid4())
+    task = Task.from_json({"taskGUId": guid.upper(), "status": "Completed with kickouts"})
+    summary = RetrySummary(count=2, latest_outcome=Outcome.SUBMITTED, latest_pk=17)
+    table = Template(
+        '{% load kickouts_tags %}{% jinja_rows "kickouts/task_rows.html" tasks=rows %}'
+    )
+    html = table.render(Context({"rows": [(task, summary)]}))
+    assert f'href="/kickouts/tasks/{guid}/"' in html
+    assert 'href="/kickouts/retries/17/"' in html
+    set_script_prefix("/")
+    html = table.render(Context({"rows": [(task, summary)]}))
+    assert f'href="/tasks/{guid}/"' in html and 'href="/retries/17/"' in html

@@ -2,6 +2,7 @@ import json
 
 from django import template
 from django.template import engines
+from django.urls import get_script_prefix
 from django.utils.safestring import mark_safe
 
 from .. import formatting
@@ -23,6 +24,7 @@ def jinja_rows(template_name: str, **values) -> str:
     escapes what it renders, so its output is safe to insert.
     """
     template = engines["jinja2"].get_template(template_name)
+    values["script_prefix"] = get_script_prefix()  # for the URL filters, read once
     return mark_safe(template.render(values))  # noqa: S308 - Jinja2 escaped it (autoescape)
 
 
