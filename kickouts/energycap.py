@@ -224,6 +224,13 @@ class EnergyCap:
                 "User-Agent": "kickouts-dashboard",
             }
         )
+        # The environment's proxy and CA settings (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE,
+        # CURL_CA_BUNDLE) are read once, here, for this base URL: with trust_env on, requests
+        # reads them again on every call, which cost about 0.3 ms a request.
+        environment = self.session.merge_environment_settings(self.base_url, {}, None, None, None)
+        self.session.proxies.update(environment["proxies"])
+        self.session.verify = environment["verify"]
+        self.session.trust_env = False
 
     def __repr__(self) -> str:
         # Never show the key, not even in a traceback's local variables.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import responses
@@ -376,3 +379,75 @@ def test_a_list_that_is_not_a_list_is_unavailable():
     responses.get("https://ec.test/api/v3/task", json={"oops": True})
     with pytest.raises(Unavailable):
         api.list_bill_import_tasks()
+
+
+@pytest.fixture
+def clean_proxy_environment(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+class _RecordingProxy(BaseHTTPRequestHandler):
+    """An HTTP proxy that answers every request itself, with a 404 naming what it was asked."""
+
+    seen: list[str] = []
+
+    def do_GET(self):
+        self.seen.append(self.path)
+        body = json.dumps({"message": f"the proxy saw {self.path}"}).encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recording_proxy():
+    _RecordingProxy.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingProxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _RecordingProxy.seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_proxy_set_in_the_environment_carries_every_request(
+    clean_proxy_environment, recording_proxy, sandbox_process, settings
+):
+    """The environment is read once, when the client is made, and then holds for every call."""
+    proxy_url, seen = recording_proxy
+    clean_proxy_environment.setenv("HTTP_PROXY", proxy_url)
+    api = EnergyCap(sandbox_process.url, settings.ENERGYCAP_API_KEY, read_timeout=2.0)
+    for _ in range(2):
+        with pytest.raises(NotFound, match="the proxy saw"):
+            api.get_task(KICKOUT_TASK_GUID)
+    assert seen == [f"{sandbox_process.url}/api/v3/task/{KICKOUT_TASK_GUID}"] * 2
+
+
+def test_no_proxy_for_energycaps_host_goes_direct(
+    clean_proxy_environment, recording_proxy, sandbox_process, settings
+):
+    proxy_url, seen = recording_proxy
+    clean_proxy_environment.setenv("HTTP_PROXY", proxy_url)
+    clean_proxy_environment.setenv("NO_PROXY", "127.0.0.1,localhost")
+    api = EnergyCap(sandbox_process.url, settings.ENERGYCAP_API_KEY, read_timeout=2.0)
+    assert api.get_task(KICKOUT_TASK_GUID).guid == KICKOUT_TASK_GUID.lower()
+    assert seen == []
+
+
+def test_a_ca_bundle_in_the_environment_is_used_to_verify_tls(clean_proxy_environment, tmp_path):
+    bundle = tmp_path / "company-ca.pem"
+    bundle.write_text("not read until a TLS connection is made\n")
+    clean_proxy_environment.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    assert EnergyCap("https://app.energycap.com", "key").session.verify == str(bundle)
+    clean_proxy_environment.delenv("REQUESTS_CA_BUNDLE")
+    assert EnergyCap("https://app.energycap.com", "key").session.verify is True
