@@ -745,6 +745,35 @@ def test_an_added_task_keeps_a_script_note_and_an_unknown_status_verbatim(api, s
     assert started_task(api, response)["batch"]
 
 
+def test_the_list_shows_each_task_as_its_own_get_does_even_after_changes(api, sandbox):
+    """The list keeps ended tasks' JSON between answers; what a control route changes shows."""
+
+    def listed() -> dict[str, dict[str, Any]]:
+        return {task["taskGUId"]: task for task in api.tasks(pageSize=1000)}
+
+    before = listed()
+    for guid in list(before)[:20]:
+        assert before[guid] == api.task(guid)
+    ended = next(t for t in before.values() if t["endDate"] and t["batch"])
+    guid, batch_id = ended["taskGUId"], ended["batch"]["batchId"]
+    sandbox.update_task(guid, task_note="Checked by Ana", message="Re-read", status="Failed")
+    sandbox.update_batch(batch_id, batch_code="RENAMED-1")
+    after = listed()
+    assert after[guid] == api.task(guid)
+    assert (after[guid]["taskNote"], after[guid]["message"], after[guid]["status"]) == (
+        "Checked by Ana",
+        "Re-read",
+        "Failed",
+    )
+    shown = [t for t in after.values() if t["batch"] and t["batch"]["batchId"] == batch_id]
+    assert shown and all(t["batch"]["batchCode"] == "RENAMED-1" for t in shown)
+    # A running task's counts move on between answers; its text is never kept.
+    running = sandbox.add_task(end_date=None)
+    assert listed()[running["taskGUId"]]["endDate"] is None
+    sandbox.update_task(running["taskGUId"], status="Completed")
+    assert listed()[running["taskGUId"]]["status"] == "Completed"
+
+
 def test_added_batches_and_a_switched_api_user_change_ownership(api, sandbox):
     """The API user can be switched; a control-added batch belongs to whom it says."""
     batch = sandbox.add_batch(batch_code="DEV-OPEN", owner_user_id=3)

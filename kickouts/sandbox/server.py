@@ -42,6 +42,7 @@ from .state import (
     ControlError,
     SandboxState,
     Task,
+    encode_json,
     utc_now,
 )
 
@@ -129,8 +130,11 @@ class Reply:
 
     @classmethod
     def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        return cls(status, body, headers=dict(headers or {}))
+        return cls.json_text(status, encode_json(payload), headers)
+
+    @classmethod
+    def json_text(cls, status: int, text: str, headers: dict[str, str] | None = None) -> Reply:
+        return cls(status, text.encode("utf-8"), headers=dict(headers or {}))
 
     @classmethod
     def error(cls, status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
@@ -485,7 +489,8 @@ def _task_list(state: SandboxState, request: Request, _: dict[str, str], now: da
         if matches(conditions, row, now):
             rows.append(task)
     page, headers = _page(rows, page_number, page_size)
-    return Reply.json(200, [state.task_json(task, now) for task in page], headers)
+    text = "[" + ",".join(state.task_text(task, now) for task in page) + "]"
+    return Reply.json_text(200, text, headers)
 
 
 def _task_get(state: SandboxState, _: Request, params: dict[str, str], now: datetime) -> Reply:
