@@ -52,3 +52,22 @@ def test_an_inactive_user_has_no_permissions_and_a_superuser_has_all(clerk, djan
     assert ModelBackend().get_all_permissions(fresh(root)) == {
         f"{p.content_type.app_label}.{p.codename}" for p in Permission.objects.all()
     }
+
+
+@pytest.mark.django_db
+def test_the_union_is_compiled_once_and_runs_as_the_orm_wrote_it(clerk, supervisor):
+    """The SQL is the ORM's own, reused with each user's id; the answers stay per user."""
+    from kickouts import auth_backends
+
+    Group.objects.get(name="AP staff").user_set.add(supervisor)
+    supervisor.user_permissions.add(Permission.objects.get(codename="view_all_retries"))
+    answers = []
+    for user in (clerk, supervisor):
+        expected = backends.ModelBackend().get_all_permissions(fresh(user))
+        answers.append(expected)
+        with CaptureQueriesContext(connection) as queries:
+            assert ModelBackend().get_all_permissions(fresh(user)) == expected
+        (query,) = [q["sql"] for q in queries if "auth_permission" in q["sql"]]
+        assert "UNION" in query.upper()
+    assert answers[0] != answers[1]
+    assert auth_backends._union_sql.cache_info().currsize == 1
