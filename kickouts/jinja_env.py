@@ -27,5 +27,6 @@ def environment(**options) -> Environment:
         # Filters, not globals: Jinja2 calls a filter directly, a global through Context.call.
         local_time=formatting.local_time,
         status_badge=formatting.status_badge,
+        bill_counts=formatting.bill_counts,
     )
     return env

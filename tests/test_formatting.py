@@ -142,3 +142,18 @@ def test_the_jinja2_rows_link_under_the_script_prefix_they_are_rendered_in(scrip
     set_script_prefix("/")
     html = table.render(Context({"rows": [(task, summary)]}))
     assert f'href="/tasks/{guid}/"' in html and 'href="/retries/17/"' in html
+
+
+def test_bill_counts_show_a_dash_for_what_a_task_lacks():
+    from kickouts.payloads import Task
+
+    task = Task.from_json(
+        {
+            "taskGUId": str(uuid.uuid4()),
+            "currentSuccessCount": 12,
+            "analyzingCount": None,
+            "unresolvedFlagCount": 0,
+        }
+    )
+    assert formatting.bill_counts(task) == "12 · – · 0"
+    assert formatting.bill_counts(Task.from_json({"taskGUId": str(uuid.uuid4())})) == "– · – · –"

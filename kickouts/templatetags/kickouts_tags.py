@@ -11,6 +11,7 @@ register = template.Library()
 
 register.filter("task_url", formatting.task_url)
 register.filter("retry_url", formatting.retry_url)
+register.filter("bill_counts", formatting.bill_counts)
 register.simple_tag(formatting.local_time, name="local_time")
 register.simple_tag(formatting.status_badge, name="status_badge")
 
