@@ -468,3 +468,42 @@ def test_a_ca_bundle_in_the_environment_is_used_to_verify_tls(clean_proxy_enviro
     assert EnergyCap("https://app.energycap.com", "key").session.verify == str(bundle)
     clean_proxy_environment.delenv("REQUESTS_CA_BUNDLE")
     assert EnergyCap("https://app.energycap.com", "key").session.verify is True
+
+
+def test_every_task_property_lands_in_its_own_field():
+    """Task.from_json passes its fields by position: each JSON property is checked here."""
+    task = Task.from_json(
+        {
+            "taskId": 11,
+            "taskGUId": "AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE",
+            "taskType": {"taskTypeCode": "BillImport", "taskTypeInfo": "Bill Import"},
+            "beginDate": "2026-01-02T03:04:05",
+            "endDate": "2026-01-02T04:05:06+01:00",
+            "user": {"userId": 7, "userCode": "ana", "fullName": "Ana Ruiz"},
+            "message": "done",
+            "status": "Completed",
+            "taskNote": "a note",
+            "analyzingCount": 22,
+            "unresolvedFlagCount": 33,
+            "currentSuccessCount": 44,
+            "batch": {"batchId": 55, "batchCode": "B-55"},
+        },
+        assumed_zone="America/Chicago",
+    )
+    assert (task.task_id, task.guid) == (11, "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
+    assert (task.task_type_code, task.task_type_info) == ("BillImport", "Bill Import")
+    assert task.begin_date.isoformat() == "2026-01-02T03:04:05-06:00"
+    assert task.end_date.isoformat() == "2026-01-02T04:05:06+01:00"
+    assert (task.user.user_id, task.user.user_code, task.user.full_name) == (7, "ana", "Ana Ruiz")
+    assert (task.message, task.status, task.task_note) == ("done", "Completed", "a note")
+    assert (task.analyzing_count, task.unresolved_flag_count, task.current_success_count) == (
+        22,
+        33,
+        44,
+    )
+    assert (task.batch.batch_id, task.batch.batch_code) == (55, "B-55")
+    # The references are shared between tasks that name the same user or batch.
+    again = Task.from_json(
+        {"taskGUId": "x", "user": {"userId": 7, "userCode": "ana", "fullName": "Ana Ruiz"}}
+    )
+    assert again.user is task.user
