@@ -157,3 +157,17 @@ def test_bill_counts_show_a_dash_for_what_a_task_lacks():
     )
     assert formatting.bill_counts(task) == "12 · – · 0"
     assert formatting.bill_counts(Task.from_json({"taskGUId": str(uuid.uuid4())})) == "– · – · –"
+
+
+def test_local_time_is_kept_per_moment_and_zone_never_across_zones(settings):
+    """The same instant with another offset reads the same; a new site zone is not stale."""
+    from zoneinfo import ZoneInfo
+
+    moment = datetime(2026, 11, 3, 14, 30, 15, tzinfo=UTC)
+    same = moment.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    settings.TIME_ZONE = "America/New_York"
+    assert formatting.local_time(moment) == formatting.local_time(same)
+    assert ">2026-11-03 09:30 EST</time>" in formatting.local_time(moment)
+    settings.TIME_ZONE = "Asia/Kolkata"
+    assert formatting.local_time(same) == reference_local_time(moment, ZoneInfo("Asia/Kolkata"))
+    assert ">2026-11-03 20:00 IST</time>" in formatting.local_time(moment)
