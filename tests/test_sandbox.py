@@ -824,6 +824,19 @@ def test_an_html_fault_answers_an_html_error_page(api, sandbox):
     assert "<html>" in response.text and "<script>" in response.text
 
 
+def test_an_echo_fault_repeats_the_request_headers_key_included(api, sandbox):
+    """As some gateways do: the JSON message, or the HTML page, carries every header sent."""
+    sandbox.fault("task_list", {"status": 401, "echo": True})
+    sandbox.fault("me", {"html": True, "status": 502, "echo": True})
+    response = api.get("/api/v3/task")
+    assert response.status_code == 401
+    assert f"ECI-ApiKey: {KEY}" in message_of(response)
+    page = api.get("/api/v3/me")
+    assert page.status_code == 502 and f"ECI-ApiKey: {KEY}" in page.text
+    with pytest.raises(SandboxControlError, match="echo goes with"):
+        sandbox.fault("me", {"echo": True})
+
+
 def test_a_dropped_connection_gives_no_answer_and_is_logged_with_null_status(api, sandbox):
     """drop closes the connection before processing; the next request is served."""
     sandbox.fault("kickout_post", {"drop": True})
