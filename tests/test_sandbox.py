@@ -834,7 +834,7 @@ def test_an_echo_fault_repeats_the_request_headers_key_included(api, sandbox):
     page = api.get("/api/v3/me")
     assert page.status_code == 502 and f"ECI-ApiKey: {KEY}" in page.text
     with pytest.raises(SandboxControlError, match="echo goes with"):
-        sandbox.fault("me", {"echo": True})
+        sandbox.fault("me", {"echo": True, "drop": True})
 
 
 def test_a_dropped_connection_gives_no_answer_and_is_logged_with_null_status(api, sandbox):
