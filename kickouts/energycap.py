@@ -72,7 +72,7 @@ class Unauthorized(EnergyCapError):
 
 
 class Rejected(EnergyCapError):
-    """EnergyCAP refused the request (4xx other than 401/404, or 5xx on a POST)."""
+    """EnergyCAP refused the request (a 4xx other than 401, 404 and 429)."""
 
     permanent = True
 
