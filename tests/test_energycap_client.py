@@ -481,3 +481,16 @@ def test_every_task_property_lands_in_its_own_field():
         {"taskGUId": "x", "user": {"userId": 7, "userCode": "ana", "fullName": "Ana Ruiz"}}
     )
     assert again.user is task.user
+
+
+@responses.activate
+def test_a_key_spelled_with_json_escapes_is_redacted_too():
+    """\\u escapes in the JSON text do not smuggle the key past the scrubbing."""
+    key = "test-key-5e1d0c"
+    api = EnergyCap("https://ec.test", key, get_attempts=1)
+    escaped = "".join(f"\\u{ord(c):04x}" for c in key)
+    url = f"https://ec.test/api/v3/task/{KICKOUT_TASK_GUID}"
+    body = '{"taskGUId": "%s", "message": "key %s", "taskNote": "Caf\\u00e9"}'
+    responses.get(url, body=body % (KICKOUT_TASK_GUID, escaped), content_type="application/json")
+    task = api.get_task(KICKOUT_TASK_GUID)
+    assert (task.message, task.task_note) == ("key [redacted]", "Café")
