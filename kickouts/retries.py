@@ -112,7 +112,7 @@ def submit_kickout_retry(*, user, form: RetryForm, task: Task) -> RetryAttempt:
         return attempt
     attempt.mark_sending()
     answer = api.reimport_kickouts(task.guid, attempt.payload)
-    RECORD_ANSWER[answer.verdict](attempt, answer)
+    record_answer(attempt, answer)
     logger.info(
         "Retry #%s of task %s by %s: %s (%s)",
         attempt.pk,
@@ -124,19 +124,15 @@ def submit_kickout_retry(*, user, form: RetryForm, task: Task) -> RetryAttempt:
     return attempt
 
 
-def _words(answer: ReimportAnswer) -> str:
-    return f"{answer.message} {answer.reason}".strip()
-
-
-# What the client's verdict on the POST's answer (energycap.REIMPORT_ANSWERS) means for
-# the retry record: the verdict alone decides, never the status code.
-RECORD_ANSWER = {
-    Verdict.ACCEPTED: lambda attempt, answer: attempt.mark_submitted(answer.new_task_guid),
-    Verdict.REFUSED: lambda attempt, answer: attempt.mark_rejected(
-        answer.status_code, _words(answer)
-    ),
-    Verdict.NOT_SENT: lambda attempt, answer: attempt.mark_not_sent(f"Not sent: {_words(answer)}"),
-    Verdict.UNKNOWN: lambda attempt, answer: attempt.mark_unknown(
-        f"{_words(answer)} It is never re-sent: check the task list before retrying."
-    ),
-}
+def record_answer(attempt: RetryAttempt, answer: ReimportAnswer) -> None:
+    """Move the record to the outcome the client's verdict names (energycap.REIMPORT_ANSWERS):
+    the verdict alone decides, never a status code."""
+    words = f"{answer.message} {answer.reason}".strip()
+    if answer.verdict == Verdict.ACCEPTED:
+        attempt.mark_submitted(answer.new_task_guid)
+    elif answer.verdict == Verdict.REFUSED:
+        attempt.mark_rejected(answer.status_code, words)
+    elif answer.verdict == Verdict.NOT_SENT:
+        attempt.mark_not_sent(f"Not sent: {words}")
+    else:
+        attempt.mark_unknown(f"{words} It is never re-sent: check the task list before retrying.")
