@@ -424,3 +424,17 @@ def test_the_data_migration_redacts_the_key_in_records_made_before(transactional
     )
     assert leaked.new_task_message == "[redacted][redacted]"
     assert clean.upstream_message == "Nothing secret here"
+
+
+def test_kickout_messages_and_a_file_name_quoting_the_key_are_redacted(clerk_client, sandbox):
+    """The kickout summary, its message links and the detail grid: no key, EnergyCAP's words."""
+    key = api_key()
+    task = sandbox.add_task(kickout_messages=[f"Bad header ECI-ApiKey={key}"], file_name=key)
+    guid = task["taskGUId"]
+    page = clerk_client.get(reverse("task_detail", args=[guid]))
+    chosen = clerk_client.get(
+        reverse("task_detail", args=[guid]), {"message": "Bad header ECI-ApiKey=[redacted]"}
+    )
+    assert page.status_code == chosen.status_code == 200
+    assert "Bad header ECI-ApiKey=[redacted]" in wire_text(page)
+    assert shows_no_secret(page) and shows_no_secret(chosen)
