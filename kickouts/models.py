@@ -212,14 +212,6 @@ class RetryAttempt(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("retry_detail", args=[self.pk])
 
-    @property
-    def outcome_label(self) -> str:
-        """`get_outcome_display()` without its walk over the field's choices (long tables)."""
-        try:
-            return Outcome(self.outcome).label
-        except ValueError:
-            return self.outcome
-
     # -- life cycle --
 
     @classmethod

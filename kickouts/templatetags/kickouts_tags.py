@@ -1,32 +1,14 @@
 import json
 
 from django import template
-from django.template import engines
-from django.urls import get_script_prefix
-from django.utils.safestring import mark_safe
 
 from .. import formatting
 
 register = template.Library()
 
-register.filter("task_url", formatting.task_url)
-register.filter("retry_url", formatting.retry_url)
 register.filter("bill_counts", formatting.bill_counts)
 register.simple_tag(formatting.local_time, name="local_time")
 register.simple_tag(formatting.status_badge, name="status_badge")
-
-
-@register.simple_tag
-def jinja_rows(template_name: str, **values) -> str:
-    """The rows of a long table, from a Jinja2 template (templates/jinja2/) given `values`.
-
-    The task list shows up to 250 rows: in the Django template language they cost about
-    0.15 ms each, in Jinja2 about a fifth of that (bench/results.md). The Jinja2 engine
-    escapes what it renders, so its output is safe to insert.
-    """
-    template = engines["jinja2"].get_template(template_name)
-    values["script_prefix"] = get_script_prefix()  # for the URL filters, read once
-    return mark_safe(template.render(values))  # noqa: S308 - Jinja2 escaped it (autoescape)
 
 
 @register.filter
