@@ -19,7 +19,8 @@ from django.core.cache import cache
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from .models import BATCH_MODES, Outcome, RetryAttempt
+from . import batch_modes
+from .models import Outcome, RetryAttempt
 
 PAGE_SIZE = 50
 STILL_RUNNING = "running"
@@ -129,7 +130,7 @@ class HistoryFilterForm(forms.Form):
         required=False,
         widget=forms.Select,
         label="Batch mode",
-        choices=[("", "Any batch mode"), *BATCH_MODES],
+        choices=[("", "Any batch mode"), *batch_modes.CHOICES],
         error_messages={"invalid_choice": "Choose a batch mode from the list."},
     )
     q = forms.CharField(

@@ -2,7 +2,7 @@ import json
 
 from django import template
 
-from .. import formatting
+from .. import batch_modes, formatting
 
 register = template.Library()
 
@@ -39,26 +39,9 @@ def duration_words(seconds) -> str:
 
 @register.filter
 def settings_in_words(attempt) -> str:
-    """The batch settings of a retry's payload, in words."""
-    settings = (attempt.payload or {}).get("batchSettings", {})
-    parts = []
-    if "existingOpenBatchId" in settings:
-        parts.append(f"into open batch #{settings['existingOpenBatchId']}")
-    elif attempt.batch_mode == "use existing batch":
-        parts.append("into the API user's only open batch")
-    if "pendingBatchId" in settings:
-        parts.append(f"into pending batch #{settings['pendingBatchId']}")
-    if "newBatchCode" in settings:
-        parts.append(f"batch code {settings['newBatchCode']}")
-    elif attempt.batch_mode in {"new batch", "new self-contained batch"}:
-        parts.append("batch code chosen by EnergyCAP")
-    if "leaveExistingBatchesOpen" in settings:
-        parts.append(
-            "other open batches left open"
-            if settings["leaveExistingBatchesOpen"]
-            else "the API user's open batch closed first"
-        )
+    """The batch settings of a retry's payload, in words (batch_modes.MODES)."""
     payload = attempt.payload or {}
+    parts = batch_modes.settings_in_words(attempt.batch_mode, payload.get("batchSettings", {}))
     if payload.get("saveAsResolved"):
         parts.append("failed audits saved as resolved")
     return "; ".join(parts) or "no further settings"
