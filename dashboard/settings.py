@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",  # the history's trigram index (migration 0005); inert elsewhere
     "django_htmx",
     "template_partials",
     "kickouts",
