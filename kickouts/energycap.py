@@ -3,7 +3,12 @@
 Every outbound call goes through `EnergyCap._request`. Failures become a small
 set of typed exceptions that views turn into messages. GETs are retried with
 capped, jittered backoff; the kickout re-import POST never is, because a second
-POST would re-import the same bills twice.
+POST would re-import the same bills twice. What each answer to that POST proves
+is one table, `REIMPORT_ANSWERS`.
+
+Every text that comes back (bodies, error messages, task messages, notes) is
+scrubbed of the key and of every request header's value here, before it is
+parsed, so nothing downstream can show, log or store them.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 import requests
 from django.conf import settings
 
@@ -30,7 +35,6 @@ from .payloads import (
     KickoutGrid,
     KickoutSummary,
     MalformedPayload,
-    NewTask,
     Page,
     Task,
 )
@@ -80,13 +84,133 @@ class Unavailable(EnergyCapError):
     only when the connection failed before anything was sent.
     """
 
-    def __init__(self, message: str, *, status_code: int | None = None, request_sent: bool = True):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        request_sent: bool = True,
+        answer: str = "",
+    ):
         super().__init__(message, status_code=status_code)
         self.request_sent = request_sent
+        # For a failure without an HTTP status: its row in REIMPORT_ANSWERS.
+        self.answer = answer
 
 
 class TimedOut(Unavailable):
     """No answer within the read timeout; the request was sent."""
+
+
+# --- What an answer to the re-import POST proves ----------------------------
+
+
+class Verdict(StrEnum):
+    ACCEPTED = "accepted"  # EnergyCAP started a new import and named its task
+    NOT_SENT = "not sent"  # nothing reached EnergyCAP
+    REFUSED = "refused"  # EnergyCAP said no before doing anything: nothing was imported
+    UNKNOWN = "outcome unknown"  # EnergyCAP may have started the import: never re-send
+
+
+# Every class of answer to `POST …/kickout`, what it proves and why. Only answers that
+# prove EnergyCAP did not act are refusals: a 4xx, and a 429 or 503 (the server says it
+# did not take the request). Anything else that breaks once the request may have been
+# written may hide a started import, so it is "outcome unknown".
+REIMPORT_ANSWERS: dict[str, tuple[Verdict, str]] = {
+    "2xx with a task GUID": (Verdict.ACCEPTED, "EnergyCAP started the re-import."),
+    "2xx without a task GUID": (
+        Verdict.UNKNOWN,
+        "EnergyCAP took the request but did not name the task it started.",
+    ),
+    "2xx not JSON": (
+        Verdict.UNKNOWN,
+        "EnergyCAP took the request but its answer could not be read.",
+    ),
+    "400": (Verdict.REFUSED, "EnergyCAP found the request invalid and did nothing."),
+    "401": (Verdict.REFUSED, "EnergyCAP refused the key before doing anything."),
+    "403": (Verdict.REFUSED, "EnergyCAP forbade the request before doing anything."),
+    "404": (Verdict.REFUSED, "EnergyCAP did not find the task, so it imported nothing."),
+    "409": (Verdict.REFUSED, "EnergyCAP refused the request as conflicting with the task."),
+    "422": (Verdict.REFUSED, "EnergyCAP refused the batch settings before importing."),
+    "429": (Verdict.REFUSED, "EnergyCAP turned the request away (rate limit) unprocessed."),
+    "other 4xx": (Verdict.REFUSED, "A 4xx answer is a refusal of the request as sent."),
+    "500": (
+        Verdict.UNKNOWN,
+        "EnergyCAP failed while handling the request, possibly after starting the import.",
+    ),
+    "502": (
+        Verdict.UNKNOWN,
+        "A gateway lost EnergyCAP's answer; EnergyCAP may have started the import.",
+    ),
+    "503": (Verdict.REFUSED, "EnergyCAP said it was unavailable and did not take the request."),
+    "504": (
+        Verdict.UNKNOWN,
+        "A gateway gave up waiting; EnergyCAP may still have started the import.",
+    ),
+    "other 5xx": (
+        Verdict.UNKNOWN,
+        "A server error does not prove that nothing was imported.",
+    ),
+    "other status": (
+        Verdict.UNKNOWN,
+        "An answer the API does not document (1xx or 3xx) proves nothing either way.",
+    ),
+    "connection refused": (
+        Verdict.NOT_SENT,
+        "No connection could be opened (refused or unknown host), so nothing was sent.",
+    ),
+    "timeout before sending": (
+        Verdict.NOT_SENT,
+        "The connection could not be opened in time, so nothing was sent.",
+    ),
+    "dropped before sending": (
+        Verdict.NOT_SENT,
+        "The connection failed while being opened, before the request was written.",
+    ),
+    "timeout after sending": (
+        Verdict.UNKNOWN,
+        "The request was written but no answer came in time; EnergyCAP may be importing.",
+    ),
+    "dropped after sending": (
+        Verdict.UNKNOWN,
+        "The connection broke after the request may have been written.",
+    ),
+}
+CONNECTION_FAILURES = {
+    "connection refused": "EnergyCAP could not be reached (connection refused).",
+    "dropped before sending": "The connection to EnergyCAP failed while it was being opened.",
+    "dropped after sending": "The connection to EnergyCAP broke before it answered.",
+}
+_EXPLICIT_STATUSES = frozenset(k for k in REIMPORT_ANSWERS if k.isdigit())
+
+
+def answer_class(status_code: int) -> str:
+    """The `REIMPORT_ANSWERS` row of an HTTP status that is not a success."""
+    if str(status_code) in _EXPLICIT_STATUSES:
+        return str(status_code)
+    if 400 <= status_code < 500:
+        return "other 4xx"
+    if 500 <= status_code < 600:
+        return "other 5xx"
+    return "other status"
+
+
+@dataclass(frozen=True)
+class ReimportAnswer:
+    """What came of one re-import POST: its table row, verdict and the words to record."""
+
+    answer: str  # a key of REIMPORT_ANSWERS
+    message: str  # what happened, safe to show (scrubbed, escaped by templates)
+    status_code: int | None = None
+    new_task_guid: str = ""
+
+    @property
+    def verdict(self) -> Verdict:
+        return REIMPORT_ANSWERS[self.answer][0]
+
+    @property
+    def reason(self) -> str:
+        return REIMPORT_ANSWERS[self.answer][1]
 
 
 # --- Filters ----------------------------------------------------------------
@@ -163,20 +287,50 @@ class _Response:
     data: Any
 
 
-def _json(response: requests.Response) -> Any:
-    """The answer's JSON: orjson reads UTF-8 (what EnergyCAP sends) in a third of the time of
-    the standard library (250 tasks: 0.4 ms against 0.9 ms); anything else is left to requests,
-    which honours a declared charset. Both raise ValueError on what is not JSON."""
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return response.json()
+REDACTED = "[redacted]"
 
 
-def _upstream_message(response: requests.Response) -> str:
+class Scrubber:
+    """Replaces secrets (the key, every request header's value) in upstream text.
+
+    Gateways, WAFs and some APIs echo the request headers into their error pages; a task
+    message or note can quote them too. Scrubbing the body's text before it is parsed
+    covers every message, payload, log line and stored record made from it.
+    """
+
+    def __init__(self, secrets: Iterable[str]):
+        forms: set[str] = set()
+        for secret in secrets:
+            if not secret:
+                continue
+            # As written, and as a JSON string would carry it (escaped, or \u-escaped).
+            escaped = json.dumps(secret, ensure_ascii=False)[1:-1]
+            forms.update({secret, escaped, escaped.replace("/", "\\/")})
+            forms.add(json.dumps(secret)[1:-1])
+        # Longest first, so a secret that contains another is replaced whole.
+        self.secrets = sorted(forms, key=len, reverse=True)
+
+    def text(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def data(self, data: Any) -> Any:
+        """Every string in parsed JSON (keys too), for text that was escaped past `text`."""
+        if isinstance(data, str):
+            return self.text(data)
+        if isinstance(data, list):
+            return [self.data(item) for item in data]
+        if isinstance(data, dict):
+            return {self.text(key): self.data(value) for key, value in data.items()}
+        return data
+
+
+def _upstream_message(response: requests.Response, scrubber: Scrubber) -> str:
     """The error body's `message` when there is one; never raw HTML."""
     try:
-        body = _json(response)
+        body = _json(response, scrubber)
     except ValueError:
         return ""
     if isinstance(body, dict):
@@ -186,9 +340,29 @@ def _upstream_message(response: requests.Response) -> str:
     return ""
 
 
+_CHARSET_RE = re.compile(r"charset=[\"']?([\w.:-]+)", re.IGNORECASE)
+
+
+def _text(response: requests.Response) -> str:
+    """The body as text: in the charset its Content-Type names, else UTF-8 (JSON's own)."""
+    declared = _CHARSET_RE.search(response.headers.get("Content-Type", ""))
+    try:
+        return response.content.decode(declared[1] if declared else "utf-8-sig", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return response.content.decode("utf-8", errors="replace")
+
+
+def _json(response: requests.Response, scrubber: Scrubber) -> Any:
+    """The answer's JSON, read from its scrubbed text; ValueError when it is not JSON."""
+    text = _text(response)
+    data = json.loads(scrubber.text(text))
+    # A \u escape can spell a secret that the text did not contain as written.
+    return scrubber.data(data) if "\\u" in text else data
+
+
 def _retry_after_seconds(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After", "").strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     if value:
         from email.utils import parsedate_to_datetime
@@ -225,6 +399,8 @@ class EnergyCap:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.assumed_zone = assumed_zone
+        # requests reads the environment's proxy and CA settings (HTTPS_PROXY, NO_PROXY,
+        # REQUESTS_CA_BUNDLE) itself, on every call.
         self.session = requests.Session()
         self.session.headers.update(
             {
@@ -235,13 +411,7 @@ class EnergyCap:
                 "User-Agent": "kickouts-dashboard",
             }
         )
-        # The environment's proxy and CA settings (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE,
-        # CURL_CA_BUNDLE) are read once, here, for this base URL: with trust_env on, requests
-        # reads them again on every call, which cost about 0.3 ms a request.
-        environment = self.session.merge_environment_settings(self.base_url, {}, None, None, None)
-        self.session.proxies.update(environment["proxies"])
-        self.session.verify = environment["verify"]
-        self.session.trust_env = False
+        self.scrubber = Scrubber([api_key, *self.session.headers.values()])
 
     def __repr__(self) -> str:
         # Never show the key, not even in a traceback's local variables.
@@ -278,24 +448,27 @@ class EnergyCap:
                 error = Unavailable(
                     "EnergyCAP could not be reached (the connection timed out).",
                     request_sent=False,
+                    answer="timeout before sending",
                 )
             except requests.exceptions.ReadTimeout:
                 logger.warning("EnergyCAP %s %s timed out", method, path)
                 raise TimedOut(
-                    f"EnergyCAP did not answer within {self.timeout[1]:g} seconds."
+                    f"EnergyCAP did not answer within {self.timeout[1]:g} seconds.",
+                    answer="timeout after sending",
                 ) from None
             except requests.exceptions.ConnectionError as exc:
-                # A refused or unresolvable connection sends nothing; a connection
-                # that breaks later may have delivered the request.
-                sent = not _failed_before_sending(exc)
+                # A connection that could not be opened sent nothing; one that breaks
+                # later may have delivered the request (urllib3 hides whether it did).
+                answer = _connection_failure(exc)
                 error = Unavailable(
-                    "EnergyCAP could not be reached (connection refused)."
-                    if not sent
-                    else "The connection to EnergyCAP broke before it answered.",
-                    request_sent=sent,
+                    CONNECTION_FAILURES[answer],
+                    request_sent=answer == "dropped after sending",
+                    answer=answer,
                 )
             except requests.exceptions.RequestException:
-                raise Unavailable("The request to EnergyCAP failed.") from None
+                raise Unavailable(
+                    "The request to EnergyCAP failed.", answer="dropped after sending"
+                ) from None
             else:
                 elapsed = time.monotonic() - started
                 logger.info(
@@ -315,17 +488,17 @@ class EnergyCap:
                         )
                     time.sleep(wait if wait is not None else self._backoff(attempt))
                     continue
-                return self._handle(response, method)
+                return self._handle(response)
             # Connection errors: only GETs, and only when attempts remain.
             if last or method != "GET":
                 raise error
             time.sleep(self._backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _handle(self, response: requests.Response, method: str) -> _Response:
+    def _handle(self, response: requests.Response) -> _Response:
         status = response.status_code
-        # An error's own words; a success is read once, below (a 250-task list twice cost 1 ms).
-        upstream = _upstream_message(response) if status >= 400 else ""
+        # An error's own words; a success is read once, below.
+        upstream = _upstream_message(response, self.scrubber) if status >= 400 else ""
         if status == 401:
             raise Unauthorized(
                 "EnergyCAP refused the API key: either the key is wrong, or its user lacks "
@@ -350,13 +523,11 @@ class EnergyCap:
             text = f"EnergyCAP reported an error (HTTP {status})."
             if upstream:
                 text += f" It said: {upstream}"
-            if method != "GET":
-                raise Rejected(text, status_code=status)
             raise Unavailable(text, status_code=status)
         if status == 204 or not response.content:
             return _Response(status, response.headers, None)
         try:
-            data = _json(response)
+            data = _json(response, self.scrubber)
         except ValueError:
             kind = response.headers.get("Content-Type", "unknown content").split(";")[0]
             raise Unavailable(
@@ -428,17 +599,44 @@ class EnergyCap:
         response = self._get(f"/api/v202401/import/bill/task/{_guid(guid)}/kickout/detail", params)
         return KickoutGrid.from_json(response.data)
 
-    def reimport_kickouts(self, guid: str, body: dict) -> NewTask:
-        """POST the kickout re-import, once. Never retried: a repeat would duplicate bills."""
-        response = self._request(
-            "POST", f"/api/v202401/import/bill/task/{_guid(guid)}/kickout", body=body
-        )
+    def reimport_kickouts(self, guid: str, body: dict) -> ReimportAnswer:
+        """POST the kickout re-import, once, and say what the answer proves.
+
+        Never retried: a repeat would duplicate bills. Never raises for EnergyCAP's
+        answer: every answer is a row of `REIMPORT_ANSWERS`.
+        """
+        path = f"/api/v202401/import/bill/task/{_guid(guid)}/kickout"
+        try:
+            response = self._request("POST", path, body=body)
+        except EnergyCapError as exc:
+            status = exc.status_code
+            if status is not None and 200 <= status < 300:
+                answer = "2xx not JSON"
+            elif status is not None:
+                answer = answer_class(status)
+            else:
+                answer = getattr(exc, "answer", "") or "dropped after sending"
+            return ReimportAnswer(answer, exc.message, status_code=status)
+        if not 200 <= response.status_code < 300:
+            return ReimportAnswer(
+                answer_class(response.status_code),
+                f"EnergyCAP answered HTTP {response.status_code}.",
+                status_code=response.status_code,
+            )
         data = response.data if isinstance(response.data, dict) else {}
         new_guid = data.get("taskGUId") or data.get("taskGuid") or data.get("taskGUID")
         if not isinstance(new_guid, str) or not GUID_RE.match(new_guid.strip()):
-            # The POST was received and answered, so this is not retryable either.
-            raise Unavailable("EnergyCAP accepted the re-import but its answer had no task GUID.")
-        return NewTask(guid=new_guid.strip().lower(), raw=data)
+            return ReimportAnswer(
+                "2xx without a task GUID",
+                "EnergyCAP accepted the re-import but its answer had no task GUID.",
+                status_code=response.status_code,
+            )
+        return ReimportAnswer(
+            "2xx with a task GUID",
+            "",
+            status_code=response.status_code,
+            new_task_guid=new_guid.strip().lower(),
+        )
 
     # -- batches and the key's user --
 
@@ -484,13 +682,21 @@ def _guid(value: str) -> str:
     return quote(value.lower(), safe="-")
 
 
-def _failed_before_sending(exc: requests.exceptions.ConnectionError) -> bool:
-    """True when the connection itself failed (refused, DNS), so nothing was sent."""
+def _connection_failure(exc: requests.exceptions.ConnectionError) -> str:
+    """The `REIMPORT_ANSWERS` row of a connection that failed with no answer.
+
+    urllib3 raises NewConnectionError only while opening the connection, so nothing was
+    written; once it is open, a reset or close does not say whether the request was
+    written before it, so it counts as after (the safe side).
+    """
     text = repr(exc.args[0] if exc.args else exc)
-    return any(
-        marker in text
-        for marker in ("NewConnectionError", "NameResolutionError", "ConnectTimeoutError")
-    )
+    if "NameResolutionError" in text or "Connection refused" in text:
+        return "connection refused"
+    if "ConnectTimeoutError" in text:
+        return "timeout before sending"
+    if "NewConnectionError" in text:
+        return "dropped before sending"
+    return "dropped after sending"
 
 
 def is_guid(value: str) -> bool:

@@ -79,6 +79,17 @@ def _note_validator(value: str) -> None:
     refuse_control_characters(value, allow_line_breaks=True)
 
 
+class AsciiIntegerField(forms.IntegerField):
+    """A whole number written in ASCII digits only: `int()` also reads "١٢" or "１２"."""
+
+    def to_python(self, value):
+        if value not in self.empty_values:
+            text = str(value).strip()
+            if not (text.isascii() and text.isdigit() and len(text) <= 10):
+                raise ValidationError(self.error_messages["invalid"], code="invalid")
+        return super().to_python(value)
+
+
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}es"
 
@@ -97,7 +108,7 @@ class RetryForm(forms.Form):
             ),
         },
     )
-    existing_open_batch_id = forms.IntegerField(
+    existing_open_batch_id = AsciiIntegerField(
         label="Existing open batch",
         required=False,
         min_value=1,
@@ -118,7 +129,7 @@ class RetryForm(forms.Form):
         validators=[_code_validator],
         help_text=f"At most {BATCH_CODE_MAX} characters.",
     )
-    pending_batch_id = forms.IntegerField(
+    pending_batch_id = AsciiIntegerField(
         label="Pending batch",
         required=False,
         min_value=1,
@@ -151,7 +162,7 @@ class RetryForm(forms.Form):
         help_text="Mark the bills' failed audits as resolved automatically.",
     )
     confirm_duplicate = forms.BooleanField(label="I confirm the duplicate import", required=False)
-    duplicate_of = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    duplicate_of = AsciiIntegerField(required=False, widget=forms.HiddenInput)
     form_token = forms.UUIDField(widget=forms.HiddenInput)
 
     def __init__(
@@ -339,7 +350,15 @@ class RetryForm(forms.Form):
                 "new_batch_code", "Smart batch needs a batch code: it picks the batch by it."
             )
             return
-        path = self.resolve_smart_batch(code)
+        try:
+            path = self.resolve_smart_batch(code)
+        except EnergyCapError as exc:
+            self.add_error(
+                "new_batch_code",
+                f"EnergyCAP's batches with this code could not be looked up, so what smart "
+                f"batch would do is unknown: {exc.message} Review again in a moment.",
+            )
+            return
         if path.error:
             self.add_error("new_batch_code", path.error)
             return
@@ -349,9 +368,13 @@ class RetryForm(forms.Form):
     def smart_path_preview(self) -> str:
         """Which path smart batch takes for the code typed so far (for the form, live)."""
         source = self.data if self.is_bound else self.initial
-        code = (source.get("new_batch_code") or "").strip()
+        code = str(source.get("new_batch_code") or "").strip()
         if not code:
             return "Type a batch code to see what EnergyCAP will do with it."
+        try:
+            self.fields["new_batch_code"].clean(code)
+        except ValidationError as error:
+            return " ".join(error.messages)  # nothing worth asking EnergyCAP about
         try:
             path = self.resolve_smart_batch(code)
         except EnergyCapError:

@@ -62,7 +62,7 @@ class CursorField(forms.Field):
     def to_python(self, value) -> Cursor | None:
         if value in self.empty_values:
             return None
-        match = re.fullmatch(r"(\d{1,18})-(\d{1,17})", str(value))
+        match = re.fullmatch(r"([0-9]{1,18})-([0-9]{1,17})", str(value))
         if match is None:
             raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
         try:
@@ -80,7 +80,10 @@ class UserChoiceField(forms.ChoiceField):
     def to_python(self, value):
         if value in self.empty_values:
             return None
+        value = str(value)
         try:
+            if not (value.isascii() and value.isdigit() and len(value) <= 10):
+                raise ValueError(value)
             return get_user_model().objects.get(pk=int(value))
         except (TypeError, ValueError, get_user_model().DoesNotExist):
             raise forms.ValidationError(

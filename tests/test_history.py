@@ -19,6 +19,8 @@ from django.utils import timezone
 from kickouts.history_filters import USERS_CACHE_KEY, search_condition
 from kickouts.models import Outcome, RetryAttempt
 
+from .factories import make_retry
+
 HISTORY = reverse("history")
 HISTORY_CSV = reverse("history_csv")
 
@@ -69,7 +71,8 @@ def shown(response) -> list[int]:
 
 
 def csv_rows(response) -> list[list[str]]:
-    body = b"".join(response.streaming_content).decode()
+    """The rows, read as Excel reads them: UTF-8 announced by its byte-order mark."""
+    body = b"".join(response.streaming_content).decode("utf-8-sig")
     return list(csv.reader(io.StringIO(body)))
 
 
@@ -606,6 +609,19 @@ def test_a_large_csv_streams_in_pieces(supervisor_client, clerk):
     pieces = list(response.streaming_content)
     assert len(pieces) > 10
     assert max(len(p) for p in pieces) < sum(len(p) for p in pieces) / 5
-    rows = list(csv.reader(io.StringIO(b"".join(pieces).decode())))
+    rows = list(csv.reader(io.StringIO(b"".join(pieces).decode("utf-8-sig"))))
     assert len(rows) == 5001
     assert len({row[0] for row in rows[1:]}) == 5000
+
+
+def test_the_csv_opens_in_excel_with_accents_intact(supervisor_client, django_user_model):
+    """A byte-order mark first, so Excel reads UTF-8: "Seán" stays "Seán"; formulas stay text."""
+    sean = django_user_model.objects.create_user("seán", first_name="Seán", last_name="Ó Brien")
+    make_retry(sean, batch_code='=HYPERLINK("x")', import_note="Café crème, über-prüft")
+    body = b"".join(supervisor_client.get(HISTORY_CSV).streaming_content)
+    assert body.startswith(b"\xef\xbb\xbfid,requested_at_utc,")
+    assert "seán".encode() in body and "Café crème, über-prüft".encode() in body
+    header, row = list(csv.reader(io.StringIO(body.decode("utf-8-sig"))))
+    assert header[0] == "id"
+    assert row[header.index("requested_by")] == "seán"
+    assert row[header.index("batch_code")] == '\'=HYPERLINK("x")'

@@ -277,3 +277,150 @@ def test_settings_start_sentry_without_pii_locals_or_the_key_when_a_dsn_is_set()
     assert "about to call EnergyCAP" in envelope  # breadcrumbs are scrubbed too, not dropped
     assert "PROBE-KEY-0123456789abcdef" not in envelope
     assert '"vars"' not in envelope
+
+
+# --- Upstream text that repeats the key ---------------------------------------------------
+
+
+def shows_no_secret(response) -> bool:
+    """Neither the key nor any other request header's value ("kickouts-dashboard")."""
+    text = wire_text(response)
+    return api_key() not in text and "kickouts-dashboard" not in text
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "faults", "page"),
+    [
+        ("task_list", [{"status": 400, "echo": True}], "task_list"),
+        ("task_get", [{"status": 401, "echo": True}], "task_detail"),
+        ("kickout_summary", [{"status": 500, "echo": True}], "task_detail"),
+        ("task_get", [{"html": True, "status": 502, "echo": True}] * 3, "task_detail"),
+        ("batch_list", [{"status": 409, "echo": True}], "retry_form"),
+    ],
+    ids=[
+        "JSON message on the task list",
+        "401 naming the key",
+        "500 on the kickouts",
+        "HTML page echoing the headers",
+        "refused batches on the retry form",
+    ],
+)
+def test_an_error_that_echoes_the_request_headers_shows_no_secret(
+    clerk_client, sandbox, caplog, endpoint, faults, page
+):
+    """The sandbox repeats our headers in its error, as gateways do: the page redacts them."""
+    caplog.set_level(logging.DEBUG)
+    sandbox.fault(endpoint, *faults)
+    args = [] if page == "task_list" else [API_USER_KICKOUT_TASK_GUID]
+    response = clerk_client.get(reverse(page, args=args))
+    assert response.status_code == 200
+    assert shows_no_secret(response)
+    if not faults[0].get("html"):
+        assert "[redacted]" in wire_text(response), "EnergyCAP's own words are still shown"
+    assert api_key() not in log_text(caplog.records)
+
+
+def test_a_task_message_and_note_quoting_the_key_are_redacted_everywhere(
+    clerk, clerk_client, sandbox
+):
+    """The task list, the task page, the status panel, the retry page and the record."""
+    key = api_key()
+    sandbox.update_task(
+        API_USER_KICKOUT_TASK_GUID,
+        message=f"Import used ECI-ApiKey {key}",
+        task_note=f"key={key}",
+    )
+    pages = [
+        clerk_client.get(reverse("task_list")),
+        clerk_client.get(reverse("task_detail", args=[API_USER_KICKOUT_TASK_GUID])),
+    ]
+    assert "key=[redacted]" in wire_text(pages[0])
+    assert "Import used ECI-ApiKey [redacted]" in wire_text(pages[1])
+
+    # A retry whose new task ends with a message quoting the key.
+    sent = post_retry(
+        clerk_client,
+        API_USER_KICKOUT_TASK_GUID,
+        action="send",
+        batch_mode="new self-contained batch",
+    )
+    assert sent.status_code == 302
+    attempt = RetryAttempt.objects.get()
+    sandbox.update_task(attempt.new_task_guid, status="Failed", message=f"Echo: {key}")
+    panel = clerk_client.get(
+        reverse("status_panel", args=[attempt.pk]), {"started": "0"}, HTTP_HX_REQUEST="true"
+    )
+    pages += [panel, clerk_client.get(attempt.get_absolute_url())]
+    assert "Echo: [redacted]" in wire_text(panel)
+    assert all(shows_no_secret(r) for r in pages)
+    attempt.refresh_from_db()
+    assert attempt.new_task_message == "Echo: [redacted]"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"status": 400, "echo": True}, {"status": 401, "echo": True}, {"status": 502, "echo": True}],
+    ids=["refused", "401", "gateway"],
+)
+def test_a_re_import_error_echoing_the_key_is_stored_and_shown_redacted(
+    clerk_client, outsider_client, supervisor_client, sandbox, fault
+):
+    """The retry record keeps EnergyCAP's words without the key; no page shows it."""
+    sandbox.fault("kickout_post", fault)
+    post_retry(
+        clerk_client,
+        API_USER_KICKOUT_TASK_GUID,
+        action="send",
+        batch_mode="new self-contained batch",
+    )
+    attempt = RetryAttempt.objects.get()
+    assert "[redacted]" in attempt.upstream_message
+    assert api_key() not in json.dumps(observable_fields(attempt))
+    pages = [
+        clerk_client.get(attempt.get_absolute_url()),
+        supervisor_client.get(attempt.get_absolute_url()),
+        supervisor_client.get(reverse("history")),
+        supervisor_client.get(reverse("history_csv")),
+        clerk_client.get(reverse("task_list")),
+        outsider_client.get(reverse("task_list")),
+        outsider_client.get(reverse("task_detail", args=[API_USER_KICKOUT_TASK_GUID])),
+    ]
+    assert all(r.status_code == 200 for r in pages)
+    assert all(shows_no_secret(r) for r in pages)
+
+
+def observable_fields(attempt: RetryAttempt) -> dict:
+    return {f.name: str(getattr(attempt, f.attname)) for f in attempt._meta.concrete_fields}
+
+
+def test_the_data_migration_redacts_the_key_in_records_made_before(transactional_db, clerk):
+    """Records that stored an echoed key: 0004 replaces it, and leaves the rest as it was."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    key = api_key()
+    before, after = (
+        ("kickouts", "0003_retryattempt_retry_running_time"),
+        (
+            "kickouts",
+            "0004_scrub_upstream_secrets",
+        ),
+    )
+    leaked = make_retry(
+        clerk,
+        outcome=Outcome.REJECTED,
+        upstream_message=f"Bad Request: request headers ECI-ApiKey: {key}; Accept: */*",
+        new_task_message=f"{key}{key}",
+    )
+    clean = make_retry(clerk, upstream_message="Nothing secret here")
+    executor = MigrationExecutor(connection)
+    executor.migrate([before])
+    executor.loader.build_graph()
+    executor.migrate([after])
+    leaked.refresh_from_db()
+    clean.refresh_from_db()
+    assert leaked.upstream_message == (
+        "Bad Request: request headers ECI-ApiKey: [redacted]; Accept: */*"
+    )
+    assert leaked.new_task_message == "[redacted][redacted]"
+    assert clean.upstream_message == "Nothing secret here"

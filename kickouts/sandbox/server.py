@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import html
 import json
 import math
 import os
@@ -73,7 +74,9 @@ ROUTES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
 DEFAULT_PAGE_SIZE = 250
 MAX_PAGE_SIZE = 1000
 LOG_LIMIT = 10_000
-FAULT_KEYS = frozenset({"status", "retryAfter", "malformed", "html", "drop", "hang", "apply"})
+FAULT_KEYS = frozenset(
+    {"status", "retryAfter", "malformed", "html", "drop", "hang", "apply", "echo"}
+)
 
 TASK_FILTER_FIELDS = {
     f.name.lower(): f
@@ -377,7 +380,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         if hang and not apply_then_hang:
             time.sleep(hang)
         if _answers_with_fault(fault) and not apply_then_hang:
-            reply = _fault_reply(fault)
+            reply = _fault_reply(fault, request)
         else:
             reply = self._answer(request, endpoint, params, method_ok)
         if hang and apply_then_hang:
@@ -708,18 +711,25 @@ def _answers_with_fault(fault: dict[str, Any]) -> bool:
     return fault.get("status") is not None or fault.get("retryAfter") is not None
 
 
-def _fault_reply(fault: dict[str, Any]) -> Reply:
+def _fault_reply(fault: dict[str, Any], request: Request) -> Reply:
+    # ``echo``: the error repeats the request's headers, key included, as some gateways,
+    # WAFs and APIs do; a client must never show what comes back.
+    echoed = (
+        ": request headers " + "; ".join(f"{k}: {v}" for k, v in request.headers.items())
+        if fault.get("echo")
+        else ""
+    )
     if fault.get("malformed"):
         return Reply(int(fault.get("status", 200)), MALFORMED_BODY)
     if fault.get("html"):
         status = int(fault.get("status", 502))
         phrase = _phrase(status)
-        page = HTML_ERROR_PAGE.format(status=status, phrase=phrase).encode("utf-8")
-        return Reply(status, page, content_type="text/html; charset=utf-8")
+        page = HTML_ERROR_PAGE.format(status=status, phrase=phrase + html.escape(echoed))
+        return Reply(status, page.encode("utf-8"), content_type="text/html; charset=utf-8")
     retry_after = fault.get("retryAfter")
     status = int(fault.get("status", 429 if retry_after is not None else 503))
     headers = {"Retry-After": _retry_after(retry_after)} if retry_after is not None else {}
-    return Reply.error(status, f"{_phrase(status)} (sandbox fault)", headers)
+    return Reply.error(status, f"{_phrase(status)} (sandbox fault){echoed}", headers)
 
 
 def _retry_after(value: Any) -> str:
@@ -829,6 +839,8 @@ def _check_fault(response: Any) -> None:
     kinds = [k for k in ("drop", "hang", "malformed", "html") if response.get(k)]
     if not kinds and status is None and retry_after is None:
         raise ApiError(400, "A fault needs status, retryAfter, malformed, html, drop or hang.")
+    if response.get("echo") and (status is None and not response.get("html")):
+        raise ApiError(400, "echo goes with a status or an html page.")
     if len(kinds) > 1:
         raise ApiError(400, f"A fault can be only one of: {', '.join(kinds)}.")
 

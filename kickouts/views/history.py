@@ -50,6 +50,8 @@ CSV_COLUMNS = (
 )
 CSV_CHUNK_ROWS = 2000
 CSV_PIECE_ROWS = 500
+# Excel on Windows reads a CSV without a byte-order mark as ANSI ("Seán" becomes "SeÃ¡n").
+UTF8_BOM = "\ufeff"
 # A spreadsheet runs a cell starting with these as a formula (OWASP "CSV injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -137,7 +139,7 @@ class _Echo:
 def csv_pieces(rows: Iterable[tuple]) -> Iterator[str]:
     """The header, then the rows a few hundred at a time: memory stays flat however many."""
     writer = csv.writer(_Echo())
-    yield writer.writerow([header for header, _ in CSV_COLUMNS])
+    yield UTF8_BOM + writer.writerow([header for header, _ in CSV_COLUMNS])
     lines: list[str] = []
     for row in rows:
         lines.append(writer.writerow([_cell(value) for value in row]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from django.conf import settings
@@ -23,9 +24,11 @@ from ..retries import (
     unavailable_batch_choices,
 )
 from ..status import read_task_status
-from .tasks import HtmxHttpRequest, kickout_context, retry_context
+from .tasks import HtmxHttpRequest, ascii_number, kickout_context, retry_context
 
 MAX_CONSECUTIVE_FAILURES = 3
+# Seconds since 1970 in ASCII digits: float() also reads "nan", "1e999" and "١٢".
+TIMESTAMP_RE = re.compile(r"[0-9]{1,11}(?:\.[0-9]{1,9})?")
 access_logger = logging.getLogger("kickouts.access")
 
 
@@ -143,14 +146,10 @@ def status_panel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     attempt = _visible_attempt(request, pk, with_requester=False)
     if not request.htmx:
         return redirect(attempt)
-    try:
-        watch_started = float(request.GET.get("started", ""))
-    except ValueError:
-        watch_started = time.time()
-    try:
-        failures = max(0, int(request.GET.get("failures", "0")))
-    except ValueError:
-        failures = 0
+    # Both come from the panel's own polling URL; anything else starts the watch again.
+    started = request.GET.get("started", "")
+    watch_started = float(started) if TIMESTAMP_RE.fullmatch(started) else time.time()
+    failures = ascii_number(request.GET.get("failures"), maximum=99) or 0
     context = {"attempt": attempt}
     context.update(panel_context(request, attempt, watch_started=watch_started, failures=failures))
     status = 200 if context["keep_polling"] else 286

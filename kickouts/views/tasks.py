@@ -11,6 +11,7 @@ from django_htmx.middleware import HtmxDetails
 from .. import energycap, lineage
 from ..decorators import login_required
 from ..energycap import EnergyCapError, NotFound
+from ..forms import INT32_MAX
 from ..models import RetryAttempt
 from ..retries import build_retry_form, load_batch_choices
 
@@ -25,11 +26,24 @@ class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
 
+MAX_PAGE_NUMBER = 100_000
+MESSAGE_MAX = 1000
+
+
+def ascii_number(value: str | None, *, maximum: int) -> int | None:
+    """A whole number up to `maximum` in ASCII digits, else None.
+
+    `"²".isdigit()` is true and `int("١٢")` is 12: neither is a number a link of ours carries.
+    """
+    value = (value or "").strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= len(str(maximum))):
+        return None
+    number = int(value)
+    return number if number <= maximum else None
+
+
 def _positive_int(value: str | None, default: int = 1) -> int:
-    try:
-        return max(1, int(value or default))
-    except ValueError:
-        return default
+    return max(1, ascii_number(value, maximum=MAX_PAGE_NUMBER) or default)
 
 
 @require_GET
@@ -106,13 +120,15 @@ def kickout_context(request, task) -> dict:
         return {}
     api = energycap.client()
     chosen = request.GET.get("message", "")
+    if len(chosen) > MESSAGE_MAX:
+        chosen = ""  # no kickout message is that long: show all rows
     try:
         summary = api.kickout_summary(task.guid)
         grid = api.kickout_detail(task.guid, chosen or None)
     except EnergyCapError as exc:
         return {"kickout_error": exc}
     paginator = Paginator(grid.rows, DETAIL_ROWS_PER_PAGE)
-    rows_page = paginator.get_page(request.GET.get("rows"))
+    rows_page = paginator.get_page(_positive_int(request.GET.get("rows")))
     return {
         "summary": summary,
         "chosen_message": chosen,
@@ -138,13 +154,13 @@ def retry_context(request, task, form=None) -> dict:
             choices = load_batch_choices(energycap.client())
         except EnergyCapError as exc:
             return {"retry_error": exc}
-        initial = {"batch_mode": request.GET.get("batch_mode", "")}
-        again = request.GET.get("again", "")
-        if again.isdigit():
+        initial = {"batch_mode": request.GET.get("batch_mode", "")[:40]}
+        again = ascii_number(request.GET.get("again"), maximum=INT32_MAX)
+        if again is not None:
             # "Try again with these settings", from a rejected or unsent retry's page.
             earlier = (
                 RetryAttempt.objects.visible_to(request.user)
-                .filter(pk=int(again), source_task_guid=task.guid)
+                .filter(pk=again, source_task_guid=task.guid)
                 .first()
             )
             if earlier is not None:
