@@ -16,6 +16,15 @@ NOTE_TRIGRAMS = GinIndex(
 )
 
 
+class TrigramExtensionOnPostgreSQL(TrigramExtension):
+    """pg_trgm. Django's CreateExtension skips other databases going forwards, but going
+    backwards it asks pg_extension on any database (SQLite has none)."""
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+
+
 def add_note_trigrams(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
@@ -34,11 +43,10 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("kickouts", "0003_retryattempt_retry_running_time"),
+        ("kickouts", "0004_scrub_upstream_secrets"),
     ]
 
     operations = [
-        # pg_trgm; CreateExtension itself does nothing on other databases.
-        TrigramExtension(),
+        TrigramExtensionOnPostgreSQL(),
         migrations.RunPython(add_note_trigrams, remove_note_trigrams, elidable=False),
     ]
