@@ -27,6 +27,10 @@ from .payloads import Batch, CurrentUser
 INT32_MAX = 2_147_483_647
 BATCH_CODE_MAX = 255  # EnergyCAP: newBatchCode is 0-255 characters.
 NOTE_MAX = 1000  # Our own limit, stated on the form; EnergyCAP publishes none.
+SMART_LOOKUP_FAILED = (
+    "EnergyCAP's batches could not be looked up just now; the path is checked again when you "
+    "review."
+)
 
 
 @dataclass
@@ -378,10 +382,7 @@ class RetryForm(forms.Form):
         try:
             path = self.resolve_smart_batch(code)
         except EnergyCapError:
-            return (
-                "EnergyCAP's batches could not be looked up just now; the path is checked "
-                "again when you review."
-            )
+            return SMART_LOOKUP_FAILED
         return path.error or path.sentence
 
     def resolve_smart_batch(self, code: str) -> SmartPath:
