@@ -223,8 +223,8 @@ class RetryForm(forms.Form):
     def used_by(self, name: str) -> list[str]:
         return batch_modes.used_by(name)
 
-    def mode_options(self) -> list[tuple[str, str]]:
-        return [(mode.value, mode.sentence) for mode in batch_modes.MODES]
+    def mode_options(self) -> tuple[batch_modes.BatchMode, ...]:
+        return batch_modes.MODES
 
     def previewed_field(self) -> str:
         """The field whose typing shows, live, what EnergyCAP will do (smart batch's code)."""
