@@ -16,7 +16,7 @@ from ..models import RetryAttempt
 from ..retries import build_retry_form, load_batch_choices
 
 PERIODS = {"7": 7, "30": 30, "90": 90}
-# No 250: its rows cost a quarter of an EnergyCAP round trip to render (README, Performance).
+# No 250: its rows took a quarter of an EnergyCAP round trip to render (see the README).
 PAGE_SIZES = ("25", "50", "100")
 TASKS_PER_PAGE = "50"
 DETAIL_ROWS_PER_PAGE = 50
