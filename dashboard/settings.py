@@ -91,9 +91,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",  # the history's trigram index (migration 0005); inert elsewhere
     "django_htmx",
     "template_partials",
-    "django.forms",  # Django's widget templates, for FORM_RENDERER below
     "kickouts",
 ]
 
@@ -126,21 +126,7 @@ TEMPLATES = [
             ],
         },
     },
-    {
-        # Only the rows of the long tables (250 tasks, 50 retries): Jinja2 renders a row
-        # four to five times faster than the Django template language (bench/results.md).
-        # Pages, partials and forms stay Django templates; `{% jinja_rows %}` joins the two.
-        "NAME": "jinja2",
-        "BACKEND": "django.template.backends.jinja2.Jinja2",
-        "DIRS": [BASE_DIR / "templates" / "jinja2"],
-        "APP_DIRS": False,
-        "OPTIONS": {"environment": "kickouts.jinja_env.environment"},
-    },
 ]
-
-# Widgets render with the project's template engine, so a widget may use a project template
-# (kickouts/widgets/select.html).
-FORM_RENDERER = "django.forms.renderers.TemplatesSetting"
 
 WSGI_APPLICATION = "dashboard.wsgi.application"
 
@@ -172,9 +158,6 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-
-# Django's model backend, with a user's own and group permissions read in one query.
-AUTHENTICATION_BACKENDS = ["kickouts.auth_backends.ModelBackend"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -2,7 +2,9 @@
 
 The rules come from the `BillKickoutImportRequest` documentation (see
 ../shared/energycap-api.md, "The kickout re-import"). They are checked on the
-server before anything is sent, each message on the field it concerns.
+server before anything is sent, each message on the field it concerns. What each mode
+is, uses and sends is described once, in `batch_modes.MODES`; the rules a mode adds are
+the method named after it (`clean_smart_batch`).
 """
 
 from __future__ import annotations
@@ -17,50 +19,18 @@ from django.core.exceptions import ValidationError
 from django.template.defaultfilters import date as date_filter
 from django.utils import timezone
 
+from . import batch_modes
 from .energycap import EnergyCapError
-from .models import BATCH_MODES, RetryAttempt
+from .models import RetryAttempt
 from .payloads import Batch, CurrentUser
-
-USE_EXISTING = "use existing batch"
-NEW_BATCH = "new batch"
-SELF_CONTAINED = "new self-contained batch"
-USE_PENDING = "use pending batch"
-SMART = "smart batch"
 
 INT32_MAX = 2_147_483_647
 BATCH_CODE_MAX = 255  # EnergyCAP: newBatchCode is 0-255 characters.
 NOTE_MAX = 1000  # Our own limit, stated on the form; EnergyCAP publishes none.
-
-# What EnergyCAP does in each mode, in one plain sentence for clerks.
-MODE_SENTENCES = {
-    USE_EXISTING: "Adds the bills to an open batch and leaves it open.",
-    NEW_BATCH: (
-        "Makes a new open batch; unless told to leave them open, the API user's open "
-        "batch is closed first."
-    ),
-    SELF_CONTAINED: (
-        "Makes a new batch, adds the bills and closes it; other open batches stay open."
-    ),
-    USE_PENDING: "Adds the bills to a pending batch and leaves it pending.",
-    SMART: (
-        "Finds a batch by its code: uses a matching open or pending batch, or makes a new one."
-    ),
-}
-
-# The fields each mode uses; EnergyCAP ignores the others.
-MODE_FIELDS = {
-    USE_EXISTING: ["existing_open_batch_id"],
-    NEW_BATCH: ["leave_existing_batches_open", "new_batch_code"],
-    SELF_CONTAINED: ["new_batch_code"],
-    USE_PENDING: ["pending_batch_id"],
-    SMART: ["new_batch_code"],
-}
-MODE_SPECIFIC_FIELDS = [
-    "existing_open_batch_id",
-    "leave_existing_batches_open",
-    "new_batch_code",
-    "pending_batch_id",
-]
+SMART_LOOKUP_FAILED = (
+    "EnergyCAP's batches could not be looked up just now; the path is checked again when you "
+    "review."
+)
 
 
 @dataclass
@@ -133,7 +103,7 @@ class RetryForm(forms.Form):
 
     batch_mode = forms.ChoiceField(
         label="Batch mode",
-        choices=BATCH_MODES,
+        choices=batch_modes.CHOICES,
         widget=forms.RadioSelect,
         error_messages={
             "required": "Choose a batch mode: it decides which batch the bills go into.",
@@ -238,30 +208,37 @@ class RetryForm(forms.Form):
     @property
     def chosen_mode(self) -> str:
         value = self.data.get("batch_mode") if self.is_bound else self.initial.get("batch_mode")
-        return value if value in MODE_FIELDS else ""
+        return value if value in batch_modes.BY_VALUE else ""
+
+    @property
+    def mode(self) -> batch_modes.BatchMode | None:
+        """The chosen mode's description, or None when none (or an unknown one) is chosen."""
+        return batch_modes.BY_VALUE.get(self.chosen_mode)
 
     def mode_fields(self) -> list[forms.BoundField]:
         """Fields of the chosen mode; all of them when no mode is chosen (no JavaScript)."""
-        names = MODE_FIELDS.get(self.chosen_mode, MODE_SPECIFIC_FIELDS)
-        return [self[name] for name in MODE_SPECIFIC_FIELDS if name in names]
+        names = self.mode.field_names if self.mode else None
+        return [self[f.name] for f in batch_modes.MODE_FIELDS if names is None or f.name in names]
 
     def used_by(self, name: str) -> list[str]:
-        return [mode for mode, names in MODE_FIELDS.items() if name in names]
+        return batch_modes.used_by(name)
 
-    def mode_options(self) -> list[tuple[str, str]]:
-        return [(mode, MODE_SENTENCES[mode]) for mode, _ in BATCH_MODES]
+    def mode_options(self) -> tuple[batch_modes.BatchMode, ...]:
+        return batch_modes.MODES
+
+    def previewed_field(self) -> str:
+        """The field whose typing shows, live, what EnergyCAP will do (smart batch's code)."""
+        return self.mode.previewed_field if self.mode else ""
 
     def ignored_fields(self) -> list[str]:
         """Labels of filled-in fields the chosen mode ignores (shown when JavaScript is off)."""
-        mode = self.chosen_mode
-        if not mode or not self.is_bound:
+        if self.mode is None or not self.is_bound:
             return []
-        used = MODE_FIELDS[mode]
-        ignored = []
-        for name in MODE_SPECIFIC_FIELDS:
-            if name not in used and (self.data.get(name) or "").strip():
-                ignored.append(self.fields[name].label)
-        return ignored
+        return [
+            self.fields[f.name].label
+            for f in batch_modes.MODE_FIELDS
+            if f.name not in self.mode.field_names and (self.data.get(f.name) or "").strip()
+        ]
 
     def duplicate_warning(self) -> str:
         earlier = self.earlier_retry
@@ -289,15 +266,10 @@ class RetryForm(forms.Form):
 
     def clean(self) -> dict:
         data = super().clean()
-        mode = data.get("batch_mode")
-        if mode == USE_EXISTING:
-            self._clean_use_existing(data)
-        elif mode == NEW_BATCH:
-            self._clean_new_batch(data)
-        elif mode == USE_PENDING:
-            self._clean_use_pending(data)
-        elif mode == SMART:
-            self._clean_smart(data)
+        mode = batch_modes.BY_VALUE.get(data.get("batch_mode"))
+        mode_rules = getattr(self, f"clean_{mode.slug}", None) if mode else None
+        if mode_rules is not None:
+            mode_rules(data)
         if data.get("comment") and not data.get("save_as_resolved"):
             self.add_error(
                 "comment",
@@ -311,7 +283,7 @@ class RetryForm(forms.Form):
     def _api_user_name(self) -> str:
         return self.choices.api_user.full_name or "The API user"
 
-    def _clean_use_existing(self, data: dict) -> None:
+    def clean_use_existing_batch(self, data: dict) -> None:
         if "existing_open_batch_id" not in data:
             return  # already has a type error
         batch_id = data.get("existing_open_batch_id")
@@ -347,7 +319,7 @@ class RetryForm(forms.Form):
             return
         self.target_batch = batch
 
-    def _clean_new_batch(self, data: dict) -> None:
+    def clean_new_batch(self, data: dict) -> None:
         own = self.choices.own_open_batches
         if not data.get("leave_existing_batches_open") and len(own) > 1:
             self.add_error(
@@ -357,7 +329,7 @@ class RetryForm(forms.Form):
                 f"Leave existing batches open.",
             )
 
-    def _clean_use_pending(self, data: dict) -> None:
+    def clean_use_pending_batch(self, data: dict) -> None:
         if "pending_batch_id" not in data:
             return
         batch_id = data.get("pending_batch_id")
@@ -373,7 +345,7 @@ class RetryForm(forms.Form):
             return
         self.target_batch = batch
 
-    def _clean_smart(self, data: dict) -> None:
+    def clean_smart_batch(self, data: dict) -> None:
         if "new_batch_code" not in data:
             return
         code = data.get("new_batch_code", "")
@@ -410,10 +382,7 @@ class RetryForm(forms.Form):
         try:
             path = self.resolve_smart_batch(code)
         except EnergyCapError:
-            return (
-                "EnergyCAP's batches could not be looked up just now; the path is checked "
-                "again when you review."
-            )
+            return SMART_LOOKUP_FAILED
         return path.error or path.sentence
 
     def resolve_smart_batch(self, code: str) -> SmartPath:
@@ -487,21 +456,8 @@ class RetryForm(forms.Form):
     def payload(self) -> dict:
         """The exact JSON body for EnergyCAP: only the fields the chosen mode uses."""
         data = self.cleaned_data
-        mode = data["batch_mode"]
-        settings: dict = {"batchMode": mode}
-        if mode == USE_EXISTING and data.get("existing_open_batch_id"):
-            settings["existingOpenBatchId"] = data["existing_open_batch_id"]
-        elif mode == NEW_BATCH:
-            settings["leaveExistingBatchesOpen"] = bool(data.get("leave_existing_batches_open"))
-            if data.get("new_batch_code"):
-                settings["newBatchCode"] = data["new_batch_code"]
-        elif mode == SELF_CONTAINED and data.get("new_batch_code"):
-            settings["newBatchCode"] = data["new_batch_code"]
-        elif mode == USE_PENDING:
-            settings["pendingBatchId"] = data["pending_batch_id"]
-        elif mode == SMART:
-            settings["newBatchCode"] = data["new_batch_code"]
-        body: dict = {"batchSettings": settings}
+        mode = batch_modes.BY_VALUE[data["batch_mode"]]
+        body: dict = {"batchSettings": batch_modes.batch_settings(mode, data)}
         if data.get("import_note"):
             body["importNote"] = data["import_note"]
         if data.get("save_as_resolved"):
@@ -517,36 +473,24 @@ class RetryForm(forms.Form):
         return self.cleaned_data.get("new_batch_code", "")
 
     def what_energycap_will_do(self) -> str:
+        """The review's sentence: the chosen mode's `review`, filled in."""
+        mode = batch_modes.BY_VALUE[self.cleaned_data["batch_mode"]]
+        return mode.review.format(**self.review_values())
+
+    def review_values(self) -> dict[str, str]:
+        """What a mode's review sentence may name, from the cleaned form."""
         data = self.cleaned_data
-        mode = data["batch_mode"]
         batch = self.target_batch
-        if mode == USE_EXISTING:
-            return (
-                f"EnergyCAP will add the re-imported bills to the open batch "
-                f"{batch.batch_code} (#{batch.batch_id}) and leave it open."
-                if batch
-                else "EnergyCAP will add the re-imported bills to the API user's only open batch."
-            )
-        if mode == NEW_BATCH:
-            code = data.get("new_batch_code") or "an automatic code"
-            closing = (
+        return {
+            "batch": f"{batch.batch_code} (#{batch.batch_id})" if batch else "",
+            "code": data.get("new_batch_code") or "an automatic code",
+            "closing": (
                 "leave the other open batches open"
                 if data.get("leave_existing_batches_open")
                 else "close the API user's open batch first"
-            )
-            return f"EnergyCAP will make a new open batch named {code} and {closing}."
-        if mode == SELF_CONTAINED:
-            code = data.get("new_batch_code") or "an automatic code"
-            return (
-                f"EnergyCAP will make a new batch named {code}, add the re-imported bills and "
-                f"close it; other open batches stay open."
-            )
-        if mode == USE_PENDING:
-            return (
-                f"EnergyCAP will add the re-imported bills to the pending batch "
-                f"{batch.batch_code} (#{batch.batch_id}) and leave it pending."
-            )
-        return self.smart_batch_path
+            ),
+            "smart_path": self.smart_batch_path,
+        }
 
 
 def _batch_label(batch: Batch) -> str:

@@ -19,7 +19,8 @@ from django.core.cache import cache
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from .models import BATCH_MODES, Outcome, RetryAttempt
+from . import batch_modes
+from .models import Outcome, RetryAttempt
 
 PAGE_SIZE = 50
 STILL_RUNNING = "running"
@@ -93,20 +94,13 @@ class UserChoiceField(forms.ChoiceField):
         forms.Field.validate(self, value)  # found by to_python: no need to be in the list
 
 
-class Select(forms.Select):
-    """Django's select with each option written inline: its own template includes one
-    template per option, which cost about 40 µs an option on every history page."""
-
-    template_name = "kickouts/widgets/select.html"
-
-
 class HistoryFilterForm(forms.Form):
     """What the history page and its CSV are narrowed to. Every field may stay empty."""
 
     user = UserChoiceField(
         required=False,
         label="Asked by",
-        widget=Select,
+        widget=forms.Select,
         error_messages={
             "invalid_choice": "Choose someone from the list: that user has no retries."
         },
@@ -125,21 +119,21 @@ class HistoryFilterForm(forms.Form):
     )
     outcome = forms.ChoiceField(
         required=False,
-        widget=Select,
+        widget=forms.Select,
         choices=[("", "Any outcome"), *Outcome.choices],
         error_messages={"invalid_choice": "Choose an outcome from the list."},
     )
     final_status = forms.ChoiceField(
         required=False,
-        widget=Select,
+        widget=forms.Select,
         label="Final status",
         error_messages={"invalid_choice": "No retry’s new task ended “%(value)s”."},
     )
     batch_mode = forms.ChoiceField(
         required=False,
-        widget=Select,
+        widget=forms.Select,
         label="Batch mode",
-        choices=[("", "Any batch mode"), *BATCH_MODES],
+        choices=[("", "Any batch mode"), *batch_modes.CHOICES],
         error_messages={"invalid_choice": "Choose a batch mode from the list."},
     )
     q = forms.CharField(

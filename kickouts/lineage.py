@@ -53,9 +53,6 @@ def for_task(guid: str) -> Lineage:
         )
         if not children:
             break
-        by_source: dict[str, list[RetryAttempt]] = {}
-        for child in children:
-            by_source.setdefault(child.source_task_guid, []).append(child)
         next_frontier = []
         for retry in children:
             result.descendants.append((depth, retry))

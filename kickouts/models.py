@@ -17,13 +17,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-BATCH_MODES = [
-    ("use existing batch", "use existing batch"),
-    ("new batch", "new batch"),
-    ("new self-contained batch", "new self-contained batch"),
-    ("use pending batch", "use pending batch"),
-    ("smart batch", "smart batch"),
-]
+from . import batch_modes
 
 
 class Outcome(models.TextChoices):
@@ -143,7 +137,7 @@ class RetryAttempt(models.Model):
     # make "the next" import of the same kickouts, however close their clicks.
     duplicate_sequence = models.PositiveIntegerField(default=0)
 
-    batch_mode = models.CharField(max_length=40, choices=BATCH_MODES)
+    batch_mode = models.CharField(max_length=40, choices=batch_modes.CHOICES)
     batch_code = models.CharField(max_length=255, blank=True)
     import_note = models.TextField(blank=True)
     payload = models.JSONField(help_text="The exact JSON body sent to EnergyCAP.")
@@ -211,14 +205,6 @@ class RetryAttempt(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("retry_detail", args=[self.pk])
-
-    @property
-    def outcome_label(self) -> str:
-        """`get_outcome_display()` without its walk over the field's choices (long tables)."""
-        try:
-            return Outcome(self.outcome).label
-        except ValueError:
-            return self.outcome
 
     # -- life cycle --
 
@@ -348,10 +334,7 @@ class RetryAttempt(models.Model):
         settings = body.get("batchSettings") or {}
         return {
             "batch_mode": settings.get("batchMode", self.batch_mode),
-            "existing_open_batch_id": settings.get("existingOpenBatchId"),
-            "leave_existing_batches_open": bool(settings.get("leaveExistingBatchesOpen")),
-            "new_batch_code": settings.get("newBatchCode", ""),
-            "pending_batch_id": settings.get("pendingBatchId"),
+            **batch_modes.form_values(settings),
             "import_note": body.get("importNote", ""),
             "comment": body.get("comment", ""),
             "save_as_resolved": bool(body.get("saveAsResolved")),

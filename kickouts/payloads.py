@@ -7,7 +7,6 @@ statuses are an open set, and dates come with or without offset.
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -85,7 +84,11 @@ class UserRef:
         if not data:
             return None
         code = _str(data.get("userCode"))
-        return _user_ref(_int(data.get("userId")), code, _str(data.get("fullName")) or code)
+        return cls(
+            user_id=_int(data.get("userId")),
+            user_code=code,
+            full_name=_str(data.get("fullName")) or code,
+        )
 
 
 @dataclass(frozen=True)
@@ -98,19 +101,7 @@ class BatchRef:
         data = _dict(data)
         if not data:
             return None
-        return _batch_ref(_int(data.get("batchId")), _str(data.get("batchCode")))
-
-
-# A list of 250 tasks names a handful of users and batches: each reference is made once and
-# shared (they are frozen), which took a fifth off reading the list.
-@functools.lru_cache(maxsize=1024)
-def _user_ref(user_id: int | None, user_code: str, full_name: str) -> UserRef:
-    return UserRef(user_id, user_code, full_name)
-
-
-@functools.lru_cache(maxsize=1024)
-def _batch_ref(batch_id: int | None, batch_code: str) -> BatchRef:
-    return BatchRef(batch_id, batch_code)
+        return cls(batch_id=_int(data.get("batchId")), batch_code=_str(data.get("batchCode")))
 
 
 @dataclass(frozen=True)
@@ -134,27 +125,25 @@ class Task:
     def from_json(cls, data: Any, assumed_zone: str = "UTC") -> Task:
         if not isinstance(data, dict):
             raise MalformedPayload("a task was not a JSON object")
-        get = data.get
-        guid = _str(get("taskGUId") or get("taskGuid") or get("taskGUID"))
+        guid = _str(data.get("taskGUId") or data.get("taskGuid") or data.get("taskGUID"))
         if not guid:
             raise MalformedPayload("a task had no taskGUId")
-        task_type = _dict(get("taskType"))
-        # Positional, in the order of the fields above: a list parses 250 of these.
+        task_type = _dict(data.get("taskType"))
         return cls(
-            _int(get("taskId")),
-            guid.lower(),
-            _str(task_type.get("taskTypeCode")),
-            _str(task_type.get("taskTypeInfo")),
-            parse_datetime(get("beginDate"), assumed_zone),
-            parse_datetime(get("endDate"), assumed_zone),
-            UserRef.from_json(get("user")),
-            _str(get("message")),
-            _str(get("status")),
-            _str(get("taskNote")),
-            _int(get("analyzingCount")),
-            _int(get("unresolvedFlagCount")),
-            _int(get("currentSuccessCount")),
-            BatchRef.from_json(get("batch")),
+            task_id=_int(data.get("taskId")),
+            guid=guid.lower(),
+            task_type_code=_str(task_type.get("taskTypeCode")),
+            task_type_info=_str(task_type.get("taskTypeInfo")),
+            begin_date=parse_datetime(data.get("beginDate"), assumed_zone),
+            end_date=parse_datetime(data.get("endDate"), assumed_zone),
+            user=UserRef.from_json(data.get("user")),
+            message=_str(data.get("message")),
+            status=_str(data.get("status")),
+            task_note=_str(data.get("taskNote")),
+            analyzing_count=_int(data.get("analyzingCount")),
+            unresolved_flag_count=_int(data.get("unresolvedFlagCount")),
+            current_success_count=_int(data.get("currentSuccessCount")),
+            batch=BatchRef.from_json(data.get("batch")),
         )
 
     @property

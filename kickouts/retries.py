@@ -46,7 +46,14 @@ def load_batch_choices(api: energycap.EnergyCap) -> BatchChoices:
 def unavailable_batch_choices() -> BatchChoices:
     """No batches known (EnergyCAP did not answer): the form can only show what was typed."""
     return BatchChoices(
-        api_user=CurrentUser(None, "", "", False, False, False),
+        api_user=CurrentUser(
+            user_id=None,
+            user_code="",
+            full_name="",
+            can_view_bills=False,
+            can_create_bills=False,
+            can_manage_bills=False,
+        ),
         batches=[],
         find_by_code=lambda code: [],
     )

@@ -9,6 +9,7 @@ urlpatterns = [
     path("", tasks.task_list, name="task_list"),
     path("tasks/<guid:guid>/", tasks.task_detail, name="task_detail"),
     path("tasks/<guid:guid>/retry/", retries.retry_form, name="retry_form"),
+    path("batches/smart-path/", retries.smart_batch_preview, name="smart_batch_preview"),
     path("retries/<int:pk>/", retries.retry_detail, name="retry_detail"),
     path("retries/<int:pk>/status/", retries.status_panel, name="status_panel"),
     path("history/", history.history, name="history"),

@@ -28,3 +28,10 @@ def post_retry(client, guid: str, action: str = "review", htmx: bool = False, **
 def form_errors(response) -> dict[str, list[str]]:
     form = response.context["form"]
     return {name: [str(e) for e in errors] for name, errors in form.errors.items()}
+
+
+def preview_smart_path(client, code: str):
+    """Ask, as the form does while the clerk types, what smart batch would do with `code`."""
+    return client.get(
+        reverse("smart_batch_preview"), {"new_batch_code": code}, HTTP_HX_REQUEST="true"
+    )

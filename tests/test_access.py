@@ -47,6 +47,7 @@ EXPECTED: dict[str, dict[str, dict[str, int]] | str] = {
     "task_list": {"GET": EVERYONE, "HTMX": EVERYONE},
     "task_detail": {"GET": EVERYONE, "HTMX": EVERYONE},
     "retry_form": {"GET": RETRIERS, "HTMX": RETRIERS, "POST": RETRIERS, "HTMX POST": RETRIERS},
+    "smart_batch_preview": {"GET": RETRIERS, "HTMX": RETRIERS},
     "retry_detail": {"GET": OWNER_OR_SUPERVISOR, "HTMX": OWNER_OR_SUPERVISOR},
     "status_panel": {"GET": PANEL_PAGE, "HTMX": OWNER_OR_SUPERVISOR},
     "history": {"GET": RETRIERS, "HTMX": RETRIERS},

@@ -103,6 +103,8 @@ def test_a_clerk_retries_kickouts_end_to_end(page, watch, live_server, clerk, sa
     expect(fields.get_by_label("New batch code")).to_be_visible()
     expect(fields.locator("select")).to_have_count(0)
     expect(fields.locator("#smart-path")).to_contain_text("Type a batch code")
+    fields.get_by_label("New batch code").fill("AUDIT-HOLD")  # the preview asks as one types
+    expect(fields.locator("#smart-path")).to_contain_text("AUDIT-HOLD is pending")
 
     choose_mode(page, "use pending batch")
     expect(fields.get_by_label("Pending batch")).to_be_visible()

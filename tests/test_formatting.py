@@ -1,4 +1,4 @@
-"""The table-cell helpers that replace slower Django built-ins give the built-ins' answers."""
+"""What the table cells show: times, badges, counts, links and shortened text."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from django.template.defaultfilters import truncatechars
-from django.urls import NoReverseMatch, reverse, set_script_prefix
-from django.utils.html import format_html
+from django.template.loader import get_template
+from django.urls import set_script_prefix
+from django.utils.html import escape, format_html
 
 from kickouts import formatting
-from kickouts.models import Outcome, RetryAttempt
+from kickouts.models import Outcome
 
 
 @pytest.fixture
@@ -22,32 +23,8 @@ def script_prefix():
     set_script_prefix("/")
 
 
-def test_task_url_is_what_reverse_gives():
-    for guid in (str(uuid.uuid4()), str(uuid.uuid4()).upper()):
-        assert formatting.task_url(guid) == reverse("task_detail", args=[guid])
-
-
-def test_task_url_and_retry_url_follow_the_script_prefix(script_prefix):
-    guid = str(uuid.uuid4())
-    assert formatting.task_url(guid) == f"/kickouts/tasks/{guid}/"
-    assert formatting.task_url(guid) == reverse("task_detail", args=[guid])
-    assert formatting.retry_url(7) == reverse("retry_detail", args=[7]) == "/kickouts/retries/7/"
-
-
-def test_task_url_refuses_what_is_not_a_guid_as_url_does():
-    with pytest.raises(NoReverseMatch):
-        formatting.task_url("not-a-guid")
-    with pytest.raises(NoReverseMatch):
-        formatting.task_url(f"{uuid.uuid4()}/../admin")
-
-
-def test_retry_url_is_what_reverse_gives():
-    for pk in (1, 42, 9876543210, "15"):
-        assert formatting.retry_url(pk) == reverse("retry_detail", args=[pk])
-
-
 def reference_local_time(value, zone) -> str:
-    """The tag as it was written with format_html and strftime, before it was made faster."""
+    """The `<time>` element as dashboard.js expects it, built independently of the tag."""
     utc, local = value.astimezone(UTC), value.astimezone(zone)
     return format_html(
         '<time datetime="{}" data-local title="{} UTC">{}</time>',
@@ -78,34 +55,6 @@ def test_local_time_without_a_value_shows_the_escaped_placeholder():
     )
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "",
-        "short",
-        "exactly thirteen",
-        "a" * 13,
-        "a" * 14,
-        "Monthly EDI feed for all sites",
-        "Cafe\u0301 cre\u0300me bru\u0302le\u0301e, twice",
-        "e\u0301" * 20,
-        None,
-        48211,
-    ],
-)
-def test_truncate_chars_is_djangos_truncatechars(text):
-    for length in (1, 13, 20, 60):
-        expected = truncatechars("" if text is None else text, length)
-        assert formatting.truncate_chars(text, length) == expected
-
-
-@pytest.mark.django_db
-def test_outcome_label_is_get_outcome_display(clerk):
-    for outcome in [*Outcome.values, "something-new"]:
-        retry = RetryAttempt(requested_by=clerk, outcome=outcome)
-        assert retry.outcome_label == retry.get_outcome_display()
-
-
 def test_status_badge_names_the_status_and_escapes_it():
     from kickouts.payloads import Task
 
@@ -123,25 +72,39 @@ def test_status_badge_names_the_status_and_escapes_it():
     )
 
 
-def test_the_jinja2_rows_link_under_the_script_prefix_they_are_rendered_in(script_prefix):
-    """`{% jinja_rows %}` reads the prefix once per table; the links still follow it."""
-    from django.template import Context, Template
+def render_task_row(task, summary=None) -> str:
+    """One row of the task list, as the page renders it (its `task-row` partial)."""
+    row = get_template("kickouts/task_list.html#task-row")
+    return row.render({"task": task, "retries": summary})
 
+
+def test_the_task_rows_link_under_the_script_prefix_they_are_rendered_in(script_prefix):
+    """Served under /kickouts/, the rows link there; back at the root, they link there."""
     from kickouts.models import RetrySummary
     from kickouts.payloads import Task
 
     guid = str(uuid.uuid4())
     task = Task.from_json({"taskGUId": guid.upper(), "status": "Completed with kickouts"})
     summary = RetrySummary(count=2, latest_outcome=Outcome.SUBMITTED, latest_pk=17)
-    table = Template(
-        '{% load kickouts_tags %}{% jinja_rows "kickouts/task_rows.html" tasks=rows %}'
-    )
-    html = table.render(Context({"rows": [(task, summary)]}))
+    html = render_task_row(task, summary)
     assert f'href="/kickouts/tasks/{guid}/"' in html
     assert 'href="/kickouts/retries/17/"' in html
+    assert "2 · Submitted" in html
     set_script_prefix("/")
-    html = table.render(Context({"rows": [(task, summary)]}))
+    html = render_task_row(task, summary)
     assert f'href="/tasks/{guid}/"' in html and 'href="/retries/17/"' in html
+
+
+def test_a_long_task_note_is_shortened_and_escaped_in_its_row():
+    """Notes past 60 characters end in an ellipsis; markup in them is shown as text."""
+    from kickouts.payloads import Task
+
+    note = "<b>Monthly</b> EDI feed for every site of the northern region, twice a month"
+    task = Task.from_json({"taskGUId": str(uuid.uuid4()), "taskNote": note})
+    html = render_task_row(task)
+    assert f'<td class="note">{escape(truncatechars(note, 60))}</td>' in html
+    assert "<b>" not in html
+    assert "…" in html
 
 
 def test_bill_counts_show_a_dash_for_what_a_task_lacks():
@@ -159,8 +122,8 @@ def test_bill_counts_show_a_dash_for_what_a_task_lacks():
     assert formatting.bill_counts(Task.from_json({"taskGUId": str(uuid.uuid4())})) == "– · – · –"
 
 
-def test_local_time_is_kept_per_moment_and_zone_never_across_zones(settings):
-    """The same instant with another offset reads the same; a new site zone is not stale."""
+def test_local_time_reads_the_same_instant_alike_and_follows_the_site_zone(settings):
+    """The same instant with another offset reads the same; a new site zone counts at once."""
     from zoneinfo import ZoneInfo
 
     moment = datetime(2026, 11, 3, 14, 30, 15, tzinfo=UTC)

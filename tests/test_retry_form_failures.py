@@ -11,7 +11,7 @@ from kickouts.models import Outcome
 from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID
 
 from .factories import make_retry
-from .retry_helpers import form_errors, post_retry
+from .retry_helpers import form_errors, post_retry, preview_smart_path
 from .test_faults import text_of
 
 TASK = API_USER_KICKOUT_TASK_GUID
@@ -33,27 +33,27 @@ def test_a_failed_smart_batch_lookup_is_a_message_beside_the_code(action, clerk_
     assert sandbox.count("kickout_post") == 0
 
 
-@pytest.mark.parametrize("action", ["choose", "smart_path"])
-def test_a_failed_smart_batch_lookup_while_typing_says_so(action, clerk_client, sandbox):
-    """Choosing the mode and the live preview: a sentence, not a 500."""
+def test_a_failed_smart_batch_lookup_while_choosing_the_mode_says_so(clerk_client, sandbox):
+    """Choosing the mode: a sentence, not a 500."""
     sandbox.fault("batch_list", *LOOKUP_FAILS)
     response = post_retry(
-        clerk_client, TASK, action=action, htmx=True, batch_mode=SMART, new_batch_code="GAS-DEC"
+        clerk_client, TASK, action="choose", htmx=True, batch_mode=SMART, new_batch_code="GAS-DEC"
     )
+    assert response.status_code == 200
+    assert "could not be looked up just now" in text_of(response)
+
+
+def test_a_failed_smart_batch_lookup_in_the_live_preview_says_so(clerk_client, sandbox):
+    """The live preview asks only for batches with the code; when that fails, a sentence."""
+    sandbox.fault("batch_list", {"status": 500})
+    response = preview_smart_path(clerk_client, "GAS-DEC")
     assert response.status_code == 200
     assert "could not be looked up just now" in text_of(response)
 
 
 def test_an_overlong_code_in_the_preview_is_not_looked_up(clerk_client, sandbox):
     """The preview checks the code's length before asking EnergyCAP about it."""
-    response = post_retry(
-        clerk_client,
-        TASK,
-        action="smart_path",
-        htmx=True,
-        batch_mode=SMART,
-        new_batch_code="X" * 300,
-    )
+    response = preview_smart_path(clerk_client, "X" * 300)
     assert response.status_code == 200
     assert "at most 255 characters" in text_of(response)
     assert not [e for e in sandbox.log("batch_list") if "X" * 300 in e["query"].get("filter", "")]

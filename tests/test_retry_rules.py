@@ -15,7 +15,7 @@ from kickouts.sandbox.state import (
     RUNNING_TASK_GUID,
 )
 
-from .retry_helpers import form_errors, post_retry
+from .retry_helpers import form_errors, post_retry, preview_smart_path
 
 TASK = API_USER_KICKOUT_TASK_GUID
 LONG = "X" * 256
@@ -198,17 +198,28 @@ def test_smart_batch_tells_in_words_which_path_energycap_takes(clerk_client, cod
 
 def test_the_smart_path_preview_answers_while_typing(clerk_client):
     """The htmx preview names the path for the code typed so far."""
-    response = post_retry(
-        clerk_client,
-        TASK,
-        action="smart_path",
-        htmx=True,
-        batch_mode="smart batch",
-        new_batch_code="AUDIT-HOLD",
-    )
+    response = preview_smart_path(clerk_client, "AUDIT-HOLD")
     body = response.content.decode()
     assert body.strip().startswith('<p id="smart-path"')
     assert "AUDIT-HOLD is pending" in body
+
+
+def test_the_smart_path_preview_asks_only_for_batches_with_that_code(clerk_client, sandbox):
+    """A GET of its own: no task, no list of open batches, nothing sent."""
+    before = {kind: sandbox.count(kind) for kind in ("task_get", "batch_list")}
+    response = preview_smart_path(clerk_client, "ELEC-OCT")
+    assert response.status_code == 200
+    assert "Batch ELEC-OCT is closed" in response.content.decode()
+    assert sandbox.count("task_get") == before["task_get"]
+    assert sandbox.count("batch_list") == before["batch_list"] + 1
+    assert sandbox.count("kickout_post") == 0
+
+
+def test_the_smart_path_preview_is_for_those_who_may_retry(outsider_client, sandbox):
+    """A user without a role gets a 403 and EnergyCAP is not asked."""
+    before = sandbox.count("batch_list")
+    assert preview_smart_path(outsider_client, "ELEC-OCT").status_code == 403
+    assert sandbox.count("batch_list") == before
 
 
 def test_choosing_a_mode_with_htmx_swaps_in_only_its_fields(clerk_client, sandbox):

@@ -192,13 +192,14 @@ def test_unknown_statuses_and_script_tags_from_upstream_are_shown_as_text(clerk_
 
 
 def test_the_clerk_chooses_how_many_tasks_a_page_shows(clerk_client, sandbox):
-    """Per page 250 asks EnergyCAP for 250; an odd value falls back to 50."""
-    response = clerk_client.get(reverse("task_list"), {"per_page": "250", "period": "90"})
-    assert sandbox.log("task_list")[-1]["query"]["pageSize"] == "250"
+    """Per page 100 asks EnergyCAP for 100; an odd value (or the old 250) falls back to 50."""
+    response = clerk_client.get(reverse("task_list"), {"per_page": "100", "period": "90"})
+    assert sandbox.log("task_list")[-1]["query"]["pageSize"] == "100"
     assert len(response.context["tasks"]) == 78
     assert "Page 1 of 1" in response.content.decode()
-    clerk_client.get(reverse("task_list"), {"per_page": "100000"})
-    assert sandbox.log("task_list")[-1]["query"]["pageSize"] == "50"
+    for odd in ("100000", "250"):
+        clerk_client.get(reverse("task_list"), {"per_page": odd})
+        assert sandbox.log("task_list")[-1]["query"]["pageSize"] == "50"
 
 
 def test_the_back_button_restores_the_whole_task_list(clerk_client):

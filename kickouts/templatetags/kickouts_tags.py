@@ -1,32 +1,14 @@
 import json
 
 from django import template
-from django.template import engines
-from django.urls import get_script_prefix
-from django.utils.safestring import mark_safe
 
-from .. import formatting
+from .. import batch_modes, formatting
 
 register = template.Library()
 
-register.filter("task_url", formatting.task_url)
-register.filter("retry_url", formatting.retry_url)
 register.filter("bill_counts", formatting.bill_counts)
 register.simple_tag(formatting.local_time, name="local_time")
 register.simple_tag(formatting.status_badge, name="status_badge")
-
-
-@register.simple_tag
-def jinja_rows(template_name: str, **values) -> str:
-    """The rows of a long table, from a Jinja2 template (templates/jinja2/) given `values`.
-
-    The task list shows up to 250 rows: in the Django template language they cost about
-    0.15 ms each, in Jinja2 about a fifth of that (bench/results.md). The Jinja2 engine
-    escapes what it renders, so its output is safe to insert.
-    """
-    template = engines["jinja2"].get_template(template_name)
-    values["script_prefix"] = get_script_prefix()  # for the URL filters, read once
-    return mark_safe(template.render(values))  # noqa: S308 - Jinja2 escaped it (autoescape)
 
 
 @register.filter
@@ -57,26 +39,9 @@ def duration_words(seconds) -> str:
 
 @register.filter
 def settings_in_words(attempt) -> str:
-    """The batch settings of a retry's payload, in words."""
-    settings = (attempt.payload or {}).get("batchSettings", {})
-    parts = []
-    if "existingOpenBatchId" in settings:
-        parts.append(f"into open batch #{settings['existingOpenBatchId']}")
-    elif attempt.batch_mode == "use existing batch":
-        parts.append("into the API user's only open batch")
-    if "pendingBatchId" in settings:
-        parts.append(f"into pending batch #{settings['pendingBatchId']}")
-    if "newBatchCode" in settings:
-        parts.append(f"batch code {settings['newBatchCode']}")
-    elif attempt.batch_mode in {"new batch", "new self-contained batch"}:
-        parts.append("batch code chosen by EnergyCAP")
-    if "leaveExistingBatchesOpen" in settings:
-        parts.append(
-            "other open batches left open"
-            if settings["leaveExistingBatchesOpen"]
-            else "the API user's open batch closed first"
-        )
+    """The batch settings of a retry's payload, in words (batch_modes.MODES)."""
     payload = attempt.payload or {}
+    parts = batch_modes.settings_in_words(attempt.batch_mode, payload.get("batchSettings", {}))
     if payload.get("saveAsResolved"):
         parts.append("failed audits saved as resolved")
     return "; ".join(parts) or "no further settings"

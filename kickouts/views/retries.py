@@ -1,10 +1,12 @@
-"""The retry form's steps (choose, review, send), the retry page and its status panel."""
+"""The retry form's steps (choose, edit, review, send) and its smart-batch preview, the retry
+page and its status panel."""
 
 from __future__ import annotations
 
 import logging
 import re
 import time
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.http import Http404, HttpResponse
@@ -16,8 +18,11 @@ from django_htmx.http import HttpResponseClientRedirect
 from .. import energycap, lineage
 from ..decorators import login_required, permission_required
 from ..energycap import EnergyCapError, NotFound
+from ..forms import SMART_LOOKUP_FAILED, BatchChoices, RetryForm
 from ..models import DuplicateToken, RetryAttempt, RetryInFlight
+from ..payloads import Task
 from ..retries import (
+    api_user,
     build_retry_form,
     load_batch_choices,
     submit_kickout_retry,
@@ -32,11 +37,35 @@ TIMESTAMP_RE = re.compile(r"[0-9]{1,11}(?:\.[0-9]{1,9})?")
 access_logger = logging.getLogger("kickouts.access")
 
 
+@dataclass
+class OpenRetry:
+    """What every step of the retry form starts from: a retryable task and EnergyCAP's batches."""
+
+    task: Task
+    choices: BatchChoices
+    context: dict
+
+    def form(self, request, data=None, initial=None) -> RetryForm:
+        return build_retry_form(
+            data, user=request.user, task=self.task, choices=self.choices, initial=initial
+        )
+
+
 @require_http_methods(["GET", "POST"])
 @login_required
 @permission_required("kickouts.submit_retry")
 def retry_form(request: HtmxHttpRequest, guid: str) -> HttpResponse:
-    """GET: the form for a batch mode. POST: choose a mode, review, or send."""
+    """The retry panel's steps: GET shows the form; a POST's `action` names the step."""
+    action = request.POST.get("action", "choose") if request.method == "POST" else "choose"
+    step = RETRY_STEPS.get(action, review)  # anything else is checked, never sent
+    opened = _open_retry(request, guid)
+    if isinstance(opened, HttpResponse):
+        return opened
+    return step(request, opened)
+
+
+def _open_retry(request, guid: str) -> OpenRetry | HttpResponse:
+    """The task and the batches, or the page that says why the form cannot go on."""
     api = energycap.client()
     try:
         task = api.get_task(guid)
@@ -55,59 +84,75 @@ def retry_form(request: HtmxHttpRequest, guid: str) -> HttpResponse:
         # Keep what the clerk entered, beside the message, to send once EnergyCAP answers.
         context["retry_error"] = exc
         if request.method == "POST":
-            context["form"] = build_retry_form(
-                None,
-                user=request.user,
-                task=task,
-                choices=unavailable_batch_choices(),
-                initial=request.POST.dict(),
+            context["form"] = OpenRetry(task, unavailable_batch_choices(), context).form(
+                request, initial=request.POST.dict()
             )
         return _render_panel(request, task, context)
+    return OpenRetry(task, choices, context)
 
-    action = request.POST.get("action", "choose") if request.method == "POST" else "choose"
+
+def choose(request, retry: OpenRetry) -> HttpResponse:
+    """The chosen mode's fields, with the values kept and no errors yet."""
     source = request.POST if request.method == "POST" else request.GET
-    if action == "smart_path":
-        form = build_retry_form(
-            None, user=request.user, task=task, choices=choices, initial=source.dict()
-        )
-        return render(request, "kickouts/_retry_form.html#smart-path", {"form": form})
-    if action == "choose":
-        # Show the chosen mode's fields with the values kept and no errors yet.
-        form = build_retry_form(
-            None, user=request.user, task=task, choices=choices, initial=source.dict()
-        )
-        context["form"] = form
-        if request.htmx:
-            return render(request, "kickouts/_retry_form.html#mode-fields", context)
-        return _render_panel(request, task, context)
-    if action == "edit":
-        # Back from the confirmation: the reviewed values, bound, so they stay exact.
-        context["form"] = build_retry_form(
-            request.POST, user=request.user, task=task, choices=choices
-        )
-        return _render_panel(request, task, context)
+    context = {**retry.context, "form": retry.form(request, initial=source.dict())}
+    if request.htmx:
+        return render(request, "kickouts/_retry_form.html#mode-fields", context)
+    return _render_panel(request, retry.task, context)
 
-    if action == "send":
-        # The same form sent again (double click, back button, resubmit): show what
-        # the first one did, before any validation that its own record would now fail.
-        earlier = RetryAttempt.objects.for_token(request.POST.get("form_token"), request.user)
-        if earlier is not None:
-            return _to_retry_page(request, earlier)
-    form = build_retry_form(request.POST, user=request.user, task=task, choices=choices)
-    context["form"] = form
+
+def edit(request, retry: OpenRetry) -> HttpResponse:
+    """Back from the review: the reviewed values, bound, so they stay exact."""
+    context = {**retry.context, "form": retry.form(request, request.POST)}
+    return _render_panel(request, retry.task, context)
+
+
+def review(request, retry: OpenRetry) -> HttpResponse:
+    """Every rule checked; when all hold, the task, its kickouts and the exact body."""
+    form = retry.form(request, request.POST)
+    context = {**retry.context, "form": form}
+    if form.is_valid():
+        context.update(payload=form.payload(), confirming=True)
+        if request.htmx:  # the whole page (below) shows the kickouts anyway
+            context.update(kickout_context(request, retry.task))
+    return _render_panel(request, retry.task, context)
+
+
+def send(request, retry: OpenRetry) -> HttpResponse:
+    """Checked once more, then sent once; the retry's page follows it."""
+    # The same form sent again (double click, back button, resubmit): show what
+    # the first one did, before any validation that its own record would now fail.
+    earlier = RetryAttempt.objects.for_token(request.POST.get("form_token"), request.user)
+    if earlier is not None:
+        return _to_retry_page(request, earlier)
+    form = retry.form(request, request.POST)
     if not form.is_valid():
-        return _render_panel(request, task, context)
-    if action != "send":
-        context["payload"] = form.payload()
-        context.update(kickout_context(request, task))
-        context["confirming"] = True
-        return _render_panel(request, task, context)
-
+        return _render_panel(request, retry.task, {**retry.context, "form": form})
     try:
-        attempt = submit_kickout_retry(user=request.user, form=form, task=task)
+        attempt = submit_kickout_retry(user=request.user, form=form, task=retry.task)
     except (DuplicateToken, RetryInFlight) as exc:
         attempt = exc.attempt
     return _to_retry_page(request, attempt)
+
+
+RETRY_STEPS = {"choose": choose, "edit": edit, "review": review, "send": send}
+
+
+@require_GET
+@login_required
+@permission_required("kickouts.submit_retry")
+def smart_batch_preview(request: HtmxHttpRequest) -> HttpResponse:
+    """What smart batch would do with the code typed so far (asked while the clerk types)."""
+    api = energycap.client()
+    try:
+        # Only the API user and the lookup by code: not the list of open and pending batches.
+        choices = BatchChoices(api_user(api), batches=[], find_by_code=api.batches_with_code)
+    except EnergyCapError:
+        sentence = SMART_LOOKUP_FAILED
+    else:
+        code = request.GET.get("new_batch_code", "")
+        form = RetryForm(None, initial={"new_batch_code": code}, choices=choices)
+        sentence = form.smart_path_preview()
+    return render(request, "kickouts/_retry_form.html#smart-path", {"smart_path": sentence})
 
 
 def _to_retry_page(request, attempt: RetryAttempt) -> HttpResponse:
