@@ -133,8 +133,7 @@ def _report(rows, setup: list[str]) -> str:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     missed = [f"{row.section}: {row.name}" for row in rows if row.result == "MISS"]
     passed = sum(row.result == "PASS" for row in rows)
-    lines += ["", f"**{passed} PASS, {len(missed)} MISS**" + (": " if missed else "")]
-    lines[-1] += "; ".join(missed)
+    lines += ["", f"**{passed} PASS, {len(missed)} MISS** " + "; ".join(missed)]
     return "\n".join(lines) + "\n"
 
 
