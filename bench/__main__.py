@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from kickouts.sandbox.control import SandboxControl
     from kickouts.sandbox.process import start_sandbox
 
-    from .phases import SANDBOX_KEY
+    from .web import SANDBOX_KEY
 
     # Re-imports run for an hour, so every retry the benchmark sends is still being watched.
     with start_sandbox(api_key=SANDBOX_KEY, task_seconds=3600, latency=args.latency) as sandbox:

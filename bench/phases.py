@@ -21,10 +21,9 @@ from kickouts.models import RetryAttempt as Retry
 from kickouts.sandbox.control import SandboxControl
 
 from . import data, web
-from .web import HX, TIMEOUT, Form, Timing, form_with_button, signed_in, submit, timed
+from .web import HX, SANDBOX_KEY, TIMEOUT, Form, Timing, form_with_button, signed_in, submit, timed
 
 MODE = "new self-contained batch"  # needs no batch of its own: every send can succeed
-SANDBOX_KEY = "bench-sandbox-key"
 
 
 @dataclass

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "bench" / "out"
 TIMEOUT = 300
 HX = {"HX-Request": "true"}
+SANDBOX_KEY = "bench-sandbox-key"
 
 
 def free_port() -> int:
