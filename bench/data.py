@@ -171,8 +171,7 @@ def load(rows: Iterator[dict], say: Callable[[str], None]) -> None:
 
 
 def _converter(field, postgres: bool):
-    """As Django's backend stores a value: JSON as text; on SQLite naive UTC text and UUIDs
-    without hyphens."""
+    """As Django's backend stores a value: JSON as text; on SQLite naive UTC, bare UUIDs."""
     kind = field.get_internal_type()
     if kind == "JSONField":
         return json.dumps

@@ -29,18 +29,14 @@ HX = {"HX-Request": "true"}
 SANDBOX_KEY = "bench-sandbox-key"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Gunicorn:
     """`gunicorn dashboard.wsgi` as in the README's Operations section, on a free port."""
 
     def __init__(self, env: dict[str, str], workers: int, threads: int) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
-        self.url = f"http://127.0.0.1:{free_port()}"
+        with socket.socket() as sock:  # a free port
+            sock.bind(("127.0.0.1", 0))
+            self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self.description = f"gunicorn {workers} gthread workers × {threads} threads"
         command = f"dashboard.wsgi --bind {self.url[7:]} --workers {workers} --threads {threads}"
         # No control socket in ~/.gunicorn, which other gunicorns on the machine share.
