@@ -38,8 +38,10 @@ lint: install
 deploy-check: install
 	$(DEPLOY_ENV) $(BIN)/python manage.py check --deploy --fail-level WARNING
 
+# What clerks feel with EnergyCAP 200 ms away (PostgreSQL + Redis + gunicorn gthread, see
+# the README's Benchmarks); e.g. `make bench BENCH_ARGS=--quick` for a smoke run.
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 install: $(VENV)/.installed
 

@@ -746,7 +746,7 @@ def test_an_added_task_keeps_a_script_note_and_an_unknown_status_verbatim(api, s
 
 
 def test_the_list_shows_each_task_as_its_own_get_does_even_after_changes(api, sandbox):
-    """The list keeps ended tasks' JSON between answers; what a control route changes shows."""
+    """The list shows every task as its own GET does, including what control routes change."""
 
     def listed() -> dict[str, dict[str, Any]]:
         return {task["taskGUId"]: task for task in api.tasks(pageSize=1000)}
@@ -881,6 +881,21 @@ def test_latency_slows_every_request_until_faults_are_cleared(api, sandbox):
     started = time.monotonic()
     api.get("/api/v3/me")
     assert time.monotonic() - started < 0.25
+
+
+def test_a_start_up_latency_delays_every_api_answer_and_survives_reset_and_clearing():
+    """--latency is the sandbox's distance: every API answer waits, control routes do not."""
+    with start_sandbox(port=0, latency=0.25) as proc:
+        api, control = Api(proc.url), SandboxControl(proc.url)
+        for restore in (control.reset, control.clear_faults):
+            restore()
+            started = time.monotonic()
+            assert api.get("/api/v3/me").status_code == 200
+            assert time.monotonic() - started >= 0.25
+            started = time.monotonic()
+            control.health()
+            assert time.monotonic() - started < 0.25
+        assert control.fault("*")["latency"] == 0.25
 
 
 def test_wildcard_faults_hit_whichever_endpoint_comes_next(api, sandbox):

@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         help="how long a kickout re-import task runs before it ends",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated data")
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds every API answer is delayed, as if EnergyCAP were far away (e.g. 0.2)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print each request to stderr")
     parser.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this process is gone"
@@ -36,12 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.task_seconds < 0:
         parser.error("--task-seconds must not be negative")
+    if args.latency < 0:
+        parser.error("--latency must not be negative")
     serve(
         args.host,
         args.port,
         args.api_key,
         args.task_seconds,
         args.seed,
+        latency=args.latency,
         verbose=args.verbose,
         parent_pid=args.parent_pid,
     )

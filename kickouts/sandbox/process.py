@@ -83,6 +83,7 @@ def start_sandbox(
     api_key: str = "sandbox-key",
     task_seconds: float = 20.0,
     seed: int = 1,
+    latency: float = 0.0,
     python: str = sys.executable,
     host: str = "127.0.0.1",
 ) -> SandboxProcess:
@@ -98,6 +99,8 @@ def start_sandbox(
         str(task_seconds),
         "--seed",
         str(seed),
+        "--latency",
+        str(latency),
         # The sandbox exits by itself if this process dies without stopping it.
         "--parent-pid",
         str(os.getpid()),

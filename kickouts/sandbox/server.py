@@ -133,11 +133,7 @@ class Reply:
 
     @classmethod
     def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
-        return cls.json_text(status, encode_json(payload), headers)
-
-    @classmethod
-    def json_text(cls, status: int, text: str, headers: dict[str, str] | None = None) -> Reply:
-        return cls(status, text.encode("utf-8"), headers=dict(headers or {}))
+        return cls(status, encode_json(payload).encode("utf-8"), headers=dict(headers or {}))
 
     @classmethod
     def error(cls, status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
@@ -187,16 +183,20 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         api_key: str,
         task_seconds: float,
         seed: int,
+        latency: float = 0.0,
         verbose: bool = False,
     ) -> None:
         self.api_key = api_key
         self.default_seed = seed
         self.default_task_seconds = task_seconds
+        # A fixed delay before every API answer, as if EnergyCAP were this far away: the
+        # persistent "*" latency, restored by a reset and by clearing the faults.
+        self.default_latency = latency
         self.verbose = verbose
         self.lock = threading.RLock()
         self.state = SandboxState(seed, task_seconds)
         self.faults: dict[str, deque[dict[str, Any]]] = {}
-        self.latencies: dict[str, float] = {}
+        self.latencies: dict[str, float] = self._start_up_latencies()
         self.log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
         # Sequence numbers never restart, not even on reset, so a reader's "since" stays valid.
         self.log_seq = 0
@@ -219,8 +219,11 @@ class SandboxHTTPServer(ThreadingHTTPServer):
     def reset(self, seed: int, task_seconds: float) -> None:
         self.state = SandboxState(seed, task_seconds)
         self.faults.clear()
-        self.latencies.clear()
+        self.latencies = self._start_up_latencies()
         self.log.clear()
+
+    def _start_up_latencies(self) -> dict[str, float]:
+        return {"*": self.default_latency} if self.default_latency else {}
 
     def take_fault(self, endpoint: str) -> FaultPlan:
         # The endpoint's own latency wins over the wildcard's; its own queue is used first.
@@ -452,7 +455,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 return Reply.json(200, _add_faults(server, body))
             if path == "/_sandbox/faults" and method == "DELETE":
                 server.faults.clear()
-                server.latencies.clear()
+                server.latencies = server._start_up_latencies()
                 return Reply.json(200, {"ok": True})
             if path == "/_sandbox/tasks" and method == "POST":
                 task = server.state.add_task(body, now)
@@ -492,8 +495,7 @@ def _task_list(state: SandboxState, request: Request, _: dict[str, str], now: da
         if matches(conditions, row, now):
             rows.append(task)
     page, headers = _page(rows, page_number, page_size)
-    text = "[" + ",".join(state.task_text(task, now) for task in page) + "]"
-    return Reply.json_text(200, text, headers)
+    return Reply.json(200, [state.task_json(task, now) for task in page], headers)
 
 
 def _task_get(state: SandboxState, _: Request, params: dict[str, str], now: datetime) -> Reply:
@@ -849,10 +851,22 @@ def _check_fault(response: Any) -> None:
 
 
 def make_server(
-    host: str, port: int, api_key: str, task_seconds: float, seed: int, *, verbose: bool = False
+    host: str,
+    port: int,
+    api_key: str,
+    task_seconds: float,
+    seed: int,
+    *,
+    latency: float = 0.0,
+    verbose: bool = False,
 ) -> SandboxHTTPServer:
     return SandboxHTTPServer(
-        (host, port), api_key=api_key, task_seconds=task_seconds, seed=seed, verbose=verbose
+        (host, port),
+        api_key=api_key,
+        task_seconds=task_seconds,
+        seed=seed,
+        latency=latency,
+        verbose=verbose,
     )
 
 
@@ -863,11 +877,12 @@ def serve(
     task_seconds: float,
     seed: int,
     *,
+    latency: float = 0.0,
     verbose: bool = False,
     parent_pid: int | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT (or until ``parent_pid`` is gone), then close the socket."""
-    server = make_server(host, port, api_key, task_seconds, seed, verbose=verbose)
+    server = make_server(host, port, api_key, task_seconds, seed, latency=latency, verbose=verbose)
     if parent_pid is not None:
         threading.Thread(
             target=_stop_when_parent_exits, args=(server, parent_pid), daemon=True

@@ -288,8 +288,6 @@ class SandboxState:
         self.next_task_id = 48100
         self.next_batch_id = 921
         self._last_column_ids: dict[str, tuple[int, ...]] = {}
-        # Ended tasks' JSON text by GUID (see task_text); update_task and update_batch forget it.
-        self._ended_task_text: dict[str, str] = {}
         _Seeder(self, self.created_at).run()
 
     # --- lookups --------------------------------------------------------------------------
@@ -505,21 +503,6 @@ class SandboxState:
             else {"batchId": batch.batch_id, "batchCode": batch.batch_code},
         }
 
-    def task_text(self, task: Task, now: datetime) -> str:
-        """`task_json` as JSON text, as the task list sends it.
-
-        An ended task does not change by itself, so its text is made once: encoding 250 tasks
-        for every list was most of the sandbox's time on a 250-row page. Only the control
-        routes change an ended task (update_task) or the batch code it shows (update_batch),
-        and both forget what they may have changed.
-        """
-        if task.is_running(now):
-            return encode_json(self.task_json(task, now))
-        text = self._ended_task_text.get(task.task_guid)
-        if text is None:
-            text = self._ended_task_text[task.task_guid] = encode_json(self.task_json(task, now))
-        return text
-
     def _processed_while_running(self, task: Task, now: datetime) -> int:
         if task.ends_at is None:
             return 0
@@ -722,7 +705,6 @@ class SandboxState:
             batch.owner_id = self.find_user(user_id=props["ownerUserId"]).user_id
         batch.batch_code = _get(props, "batchCode", str, batch.batch_code)
         batch.note = _get(props, "note", str, batch.note)
-        self._ended_task_text.clear()  # tasks show their batch's code
         return batch
 
     def update_task(self, guid: str, props: dict[str, Any], now: datetime) -> Task:
@@ -753,7 +735,6 @@ class SandboxState:
         task.note = _get(props, "taskNote", str, task.note)
         if "message" in props:
             task.outcome.message = props["message"]
-        self._ended_task_text.pop(task.task_guid, None)
         return task
 
     def update_me(self, props: dict[str, Any]) -> None:
