@@ -94,6 +94,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "django.forms",  # Django's widget templates, for FORM_RENDERER below
+    "django_tasks",
+    "django_tasks_db",
     "kickouts",
 ]
 
@@ -172,6 +174,17 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Background work ---------------------------------------------------------
+# Django's Tasks framework (the django-tasks backport; `django.tasks` from Django 6 on).
+# The queue lives in the dashboard's own database; `manage.py db_worker` runs it
+# (`make run` starts one). Task code is in kickouts/tasks.py.
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks_db.DatabaseBackend",
+        "QUEUES": ["default"],
+    }
+}
 
 # Django's model backend, with a user's own and group permissions read in one query.
 AUTHENTICATION_BACKENDS = ["kickouts.auth_backends.ModelBackend"]
