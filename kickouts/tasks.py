@@ -157,21 +157,22 @@ def follow_retry(context: TaskContext, retry_id: int) -> str:
     if busy:
         return "waited for the previous step"
     reading = status.fetch_task_status(attempt.new_task_guid)
+    if not reading.ok:
+        # Moved before the failure is recorded: whoever reads the failure sees the new time.
+        _back_off(retry_id, str(next_step.id), age, next_at, attempt.follow_failures + 1)
     status.record_reading(attempt, reading, follower=True)
     adopt_lost_followers(exclude=retry_id)
     if not reading.ok:
         logger.warning("Retry #%s: EnergyCAP did not answer: %s", retry_id, reading.error)
-        _back_off(retry_id, str(next_step.id), age, next_at)
         return f"asked, no answer: {reading.error}"
     return f"asked: {reading.task.status or 'no status'}"
 
 
-def _back_off(retry_id: int, next_step_id: str, age: timedelta, next_at: datetime) -> None:
+def _back_off(
+    retry_id: int, next_step_id: str, age: timedelta, next_at: datetime, failures: int
+) -> None:
     """After a failed ask, move the queued next step later: 2, 4, 8 … intervals."""
-    failures = (
-        RetryAttempt.objects.filter(pk=retry_id).values_list("follow_failures", flat=True).first()
-    )
-    later = timezone.now() + timedelta(seconds=follow_delay(age, failures or 1))
+    later = timezone.now() + timedelta(seconds=follow_delay(age, failures))
     if later <= next_at:
         return
     with transaction.atomic():
