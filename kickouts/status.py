@@ -52,11 +52,7 @@ def _keys(guid: str) -> tuple[str, str, str]:
 
 
 def fetch_task_status(guid: str) -> StatusReading:
-    """Ask EnergyCAP about the task now (the follower and refresh_retries)."""
-    return _fetch(guid)
-
-
-def _fetch(guid: str) -> StatusReading:
+    """Ask EnergyCAP about the task now (the follower, refresh_retries, shared polling)."""
     try:
         task = energycap.client().get_task(guid)
     except EnergyCapError as exc:
@@ -74,7 +70,7 @@ def read_task_status(guid: str, *, wait_seconds: float | None = None) -> StatusR
     # Lock for the whole interval: even if the answer expires early, nobody
     # else fetches again before the interval is over.
     if cache.add(lock_key, 1, timeout=max(1, round(interval))):
-        reading = _fetch(guid)
+        reading = fetch_task_status(guid)
         finished = reading.ok and not reading.task.is_running
         cache.set(fresh_key, reading, FINISHED_SECONDS if finished else interval)
         cache.set(last_key, reading, LAST_KNOWN_SECONDS)
