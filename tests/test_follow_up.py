@@ -18,7 +18,7 @@ from django_tasks_db.models import DBTaskResult
 
 from kickouts.models import FollowState, Outcome, UserSettings
 from kickouts.sandbox.state import COMPLETED_TASK_GUID, RUNNING_TASK_GUID
-from kickouts.tasks import notify_requester, start_following
+from kickouts.tasks import follow_delay, notify_requester, start_following
 
 from .factories import make_retry
 
@@ -202,3 +202,14 @@ def test_refresh_retries_records_the_end_the_way_the_follower_does(clerk, sandbo
     assert queued("notify_requester").count() == 1
     call_command("refresh_retries", stdout=io.StringIO())
     assert queued("notify_requester").count() == 1
+
+
+def test_the_follower_asks_less_often_as_a_retry_ages_and_after_failures(settings):
+    """Every interval while young, 30 s until an hour, 5 minutes after; failures double it."""
+    settings.STATUS_POLL_SECONDS = 3
+    assert follow_delay(timedelta(minutes=2), failures=0) == 3
+    assert follow_delay(timedelta(minutes=30), failures=0) == 30
+    assert follow_delay(timedelta(hours=5), failures=0) == 300
+    assert follow_delay(timedelta(minutes=2), failures=1) == 6
+    assert follow_delay(timedelta(minutes=2), failures=3) == 24
+    assert follow_delay(timedelta(hours=5), failures=4) == 900  # at most 15 minutes
