@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import partial
 
 from django.core.cache import cache
+from django.db import transaction
 
 from . import energycap
 from .energycap import EnergyCapError, ReimportAnswer, Verdict
@@ -16,6 +18,7 @@ from .forms import BatchChoices, RetryForm
 from .history_filters import forget_people_with_retries
 from .models import RetryAttempt
 from .payloads import CurrentUser, Task
+from .tasks import start_following
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +140,8 @@ def record_answer(attempt: RetryAttempt, answer: ReimportAnswer) -> None:
     words = f"{answer.message} {answer.reason}".strip()
     if answer.verdict == Verdict.ACCEPTED:
         attempt.mark_submitted(answer.new_task_guid)
+        # A worker follows the new task to its end and tells the requester (kickouts/tasks.py).
+        transaction.on_commit(partial(start_following, attempt.pk))
     elif answer.verdict == Verdict.REFUSED:
         attempt.mark_rejected(answer.status_code, words)
     elif answer.verdict == Verdict.NOT_SENT:

@@ -1,7 +1,7 @@
 from django.urls import path, register_converter
 
 from .converters import GuidConverter
-from .views import health, history, retries, tasks
+from .views import account, health, history, retries, tasks
 
 register_converter(GuidConverter, "guid")
 
@@ -14,6 +14,7 @@ urlpatterns = [
     path("retries/<int:pk>/status/", retries.status_panel, name="status_panel"),
     path("history/", history.history, name="history"),
     path("history.csv", history.history_csv, name="history_csv"),
+    path("settings/", account.user_settings, name="user_settings"),
     path("health/live/", health.live, name="health_live"),
     path("health/ready/", health.ready, name="health_ready"),
 ]

@@ -52,6 +52,12 @@ EXPECTED: dict[str, dict[str, dict[str, int]] | str] = {
     "status_panel": {"GET": PANEL_PAGE, "HTMX": OWNER_OR_SUPERVISOR},
     "history": {"GET": RETRIERS, "HTMX": RETRIERS},
     "history_csv": {"GET": RETRIERS},
+    "user_settings": {
+        "GET": EVERYONE,
+        "HTMX": EVERYONE,
+        "POST": dict.fromkeys(ROLES, 302),  # saved, then back to the page
+        "HTMX POST": dict.fromkeys(ROLES, 302),
+    },
     "health_live": PUBLIC,
     "health_ready": PUBLIC,
 }

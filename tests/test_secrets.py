@@ -417,13 +417,18 @@ def test_the_data_migration_redacts_the_key_in_records_made_before(transactional
     executor.migrate([before])
     executor.loader.build_graph()
     executor.migrate([after])
-    leaked.refresh_from_db()
-    clean.refresh_from_db()
-    assert leaked.upstream_message == (
-        "Bad Request: request headers ECI-ApiKey: [redacted]; Accept: */*"
+    # Only the columns 0004 knows: later migrations add fields the current model reads.
+    texts = dict(
+        RetryAttempt.objects.values_list("pk", "upstream_message").filter(
+            pk__in=[leaked.pk, clean.pk]
+        )
     )
-    assert leaked.new_task_message == "[redacted][redacted]"
-    assert clean.upstream_message == "Nothing secret here"
+    leaked_task_message = RetryAttempt.objects.values_list("new_task_message", flat=True).get(
+        pk=leaked.pk
+    )
+    assert texts[leaked.pk] == "Bad Request: request headers ECI-ApiKey: [redacted]; Accept: */*"
+    assert leaked_task_message == "[redacted][redacted]"
+    assert texts[clean.pk] == "Nothing secret here"
     executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())  # the later migrations, for later tests
 
