@@ -364,3 +364,14 @@ class RetryAttempt(models.Model):
     @property
     def new_task_has_kickouts(self) -> bool:
         return self.new_task_finished and self.new_task_status.lower() == "completed with kickouts"
+
+
+# -- the kickout queue (its own module, kept apart from the retry record) --
+
+from .queue_models import (  # noqa: E402, F401
+    HandledChange,
+    HandledReason,
+    ImportSnapshot,
+    KickoutRow,
+    SnapshotState,
+)

@@ -10,7 +10,7 @@ import logging
 
 from django.core.cache import cache
 
-from . import energycap
+from . import energycap, snapshots
 from .energycap import EnergyCapError, NotFound, Rejected, Unauthorized, Unavailable
 from .forms import BatchChoices, RetryForm
 from .history_filters import forget_people_with_retries
@@ -125,6 +125,7 @@ def submit_kickout_retry(*, user, form: RetryForm, task: Task) -> RetryAttempt:
             attempt.mark_not_sent(f"Not sent: {exc.message}")
     else:
         attempt.mark_submitted(new_task.guid)
+        snapshots.mark_reimported(task, user)
     logger.info(
         "Retry #%s of task %s by %s: %s",
         attempt.pk,

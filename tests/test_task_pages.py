@@ -130,13 +130,14 @@ def test_the_task_page_shows_details_kickout_messages_and_rows(clerk_client, san
 
 
 def test_the_detail_grid_filters_by_kickout_message(clerk_client, sandbox):
-    """Choosing a message asks EnergyCAP for that message's rows only."""
+    """Choosing a message shows its rows only, read from the stored snapshot, not EnergyCAP."""
     page = clerk_client.get(reverse("task_detail", args=[KICKOUT_TASK_GUID]))
     message = page.context["summary"].kickout_messages[0]
     response = clerk_client.get(
         reverse("task_detail", args=[KICKOUT_TASK_GUID]), {"message": message}
     )
-    assert sandbox.log("kickout_detail")[-1]["query"]["kickoutMessage"] == message
+    assert sandbox.count("kickout_detail") == 1
+    assert sandbox.count("kickout_summary") == 1
     rows = response.context["grid"].rows
     assert rows and {r["Kickout Message"] for r in rows} == {message}
 

@@ -8,7 +8,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
 
-from .. import energycap, lineage
+from .. import energycap, lineage, snapshots
 from ..decorators import login_required
 from ..energycap import EnergyCapError, NotFound
 from ..models import RetryAttempt
@@ -94,6 +94,9 @@ def task_detail(request: HtmxHttpRequest, guid: str) -> HttpResponse:
         )
     context = {"guid": guid, "task": task, "error": None}
     context.update(kickout_context(request, task))
+    from .queue import handled_context  # the queue's views import this module
+
+    context.update(handled_context(request, guid))
     context.update(retry_context(request, task))
     context["lineage"] = lineage.for_task(guid)
     return render(request, "kickouts/task_detail.html", context)
@@ -106,8 +109,14 @@ def kickout_context(request, task) -> dict:
     api = energycap.client()
     chosen = request.GET.get("message", "")
     try:
-        summary = api.kickout_summary(task.guid)
-        grid = api.kickout_detail(task.guid, chosen or None)
+        if task.can_retry_kickouts:
+            # An ended import's kickouts never change: stored once, then read from our tables.
+            summary, grid = snapshots.stored_kickouts(
+                snapshots.ensure_snapshot(task), chosen or None
+            )
+        else:
+            summary = api.kickout_summary(task.guid)
+            grid = api.kickout_detail(task.guid, chosen or None)
     except EnergyCapError as exc:
         return {"kickout_error": exc}
     paginator = Paginator(grid.rows, DETAIL_ROWS_PER_PAGE)
