@@ -198,6 +198,26 @@ def register(tasks: Iterable[Task]) -> int:
     return len(new)
 
 
+def register_and_read_handled(tasks: list[Task]) -> dict[str, str]:
+    """For the task list: queue the page's ended imports with kickouts, and say which of
+    them are handled (GUID -> reason's label). One query when none is new."""
+    with_kickouts = [t for t in tasks if t.has_kickouts and not t.is_running]
+    if not with_kickouts:
+        return {}
+    guids = [t.guid for t in with_kickouts]
+    known = dict(
+        ImportSnapshot.objects.filter(task_guid__in=guids).values_list(
+            "task_guid", "handled_reason"
+        )
+    )
+    register(t for t in with_kickouts if t.guid not in known)
+    return {
+        guid: HandledReason(reason).label
+        for guid, reason in known.items()
+        if reason in HandledReason.values
+    }
+
+
 def list_period(days: int, full_name: str = "") -> list[Task]:
     """Every bill import EnergyCAP has begun in the last `days` days (all pages)."""
     api = energycap.client()
@@ -241,12 +261,13 @@ def take_snapshots(guids: Iterable[str], *, max_in_flight: int = MAX_IN_FLIGHT) 
 
 
 def snapshot_period(days: int, full_name: str = "") -> tuple[int, int]:
-    """List the period's imports, register the new ones with kickouts, fetch all still loading.
+    """List the period's imports, register the new ones with kickouts, and fetch every one
+    still loading or whose last fetch failed.
 
     Returns (new imports registered, snapshots stored).
     """
     registered = register(list_period(days, full_name))
-    loading = ImportSnapshot.objects.filter(state=SnapshotState.LOADING).values_list(
+    loading = ImportSnapshot.objects.exclude(state=SnapshotState.READY).values_list(
         "task_guid", flat=True
     )
     return registered, take_snapshots(list(loading))

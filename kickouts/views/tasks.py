@@ -38,6 +38,7 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
     if period not in PERIODS:
         period = "30"
     only_kickouts = request.GET.get("kickouts") == "1"
+    full_name = request.GET.get("user", "").strip()[:255]
     page_number = _positive_int(request.GET.get("page"))
     per_page = request.GET.get("per_page", TASKS_PER_PAGE)
     if per_page not in PAGE_SIZES:
@@ -48,13 +49,18 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
         "per_page": per_page,
         "page_sizes": PAGE_SIZES,
         "only_kickouts": only_kickouts,
+        "full_name": full_name,
         "page": None,
         "tasks": [],
         "error": None,
     }
+    clauses = [("beginDate", f"last {PERIODS[period]} days", None)]
+    if full_name:
+        # EnergyCAP's own filter, so it covers every page, not just the one shown.
+        clauses.append(("fullName", "equals", full_name))
     try:
         page = energycap.client().list_bill_import_tasks(
-            filter_clauses=[("beginDate", f"last {PERIODS[period]} days", None)],
+            filter_clauses=clauses,
             page_number=page_number,
             page_size=int(per_page),
         )
@@ -71,6 +77,8 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
             # filters the page EnergyCAP sent; paging still follows its pages.
             tasks = [t for t in tasks if t.has_kickouts]
         retries = RetryAttempt.objects.summary_by_source([t.guid for t in tasks])
+        # A refresh of the list brings its ended imports with kickouts into the queue.
+        context["handled"] = snapshots.register_and_read_handled(tasks)
         context["tasks"] = [(t, retries.get(t.guid)) for t in tasks]
         context["page"] = page
     template = "kickouts/task_list.html"
