@@ -63,6 +63,12 @@ ENERGYCAP_TIME_ZONE = os.environ.get("ENERGYCAP_TIME_ZONE", "UTC")
 # Seconds between status panel polls, and how long a panel keeps polling.
 STATUS_POLL_SECONDS = env_float("STATUS_POLL_SECONDS", 3.0)
 STATUS_POLL_CAP_SECONDS = env_float("STATUS_POLL_CAP_SECONDS", 30 * 60)
+# The worker follows a retry's new task until it ends, or for at most this long.
+FOLLOW_UP_MAX_SECONDS = env_float("FOLLOW_UP_MAX_SECONDS", 24 * 3600)
+# /health/ready/ answers 503 when a task has waited longer than this for a worker.
+WORKER_STALE_SECONDS = env_float("WORKER_STALE_SECONDS", 120)
+# The dashboard's address as people reach it: the links in emails.
+DASHBOARD_URL = os.environ.get("DASHBOARD_URL", "http://127.0.0.1:8000").strip().rstrip("/")
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not DEBUG:
@@ -94,6 +100,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "django.forms",  # Django's widget templates, for FORM_RENDERER below
+    "django_tasks",
+    "django_tasks_db",
     "kickouts",
 ]
 
@@ -172,6 +180,37 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Background work ---------------------------------------------------------
+# Django's Tasks framework (the django-tasks backport; `django.tasks` from Django 6 on).
+# The queue lives in the dashboard's own database; `manage.py db_worker` runs it
+# (`make run` starts one). Task code is in kickouts/tasks.py.
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks_db.DatabaseBackend",
+        "QUEUES": ["default"],
+    }
+}
+
+# --- Email ---------------------------------------------------------------------
+# Django's own settings, from the environment. With DEBUG on (make run) emails are printed
+# to the terminal; otherwise they go to the SMTP server below.
+EMAIL_BACKEND = os.environ.get(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+# A worker never waits on a silent mail server for ever.
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10)
+# For the file backend (django.core.mail.backends.filebased.EmailBackend) only.
+EMAIL_FILE_PATH = os.environ.get("EMAIL_FILE_PATH", "") or None
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Kickouts dashboard <kickouts@localhost>")
 
 # Django's model backend, with a user's own and group permissions read in one query.
 AUTHENTICATION_BACKENDS = ["kickouts.auth_backends.ModelBackend"]

@@ -39,6 +39,15 @@ class Outcome(models.TextChoices):
 MAY_HAVE_IMPORTED = [Outcome.SUBMITTING, Outcome.SUBMITTED, Outcome.UNKNOWN]
 
 
+class FollowState(models.TextChoices):
+    """Whether a worker follows the new task (kickouts/tasks.py) until it ends."""
+
+    NOT_FOLLOWED = "", "Not followed"
+    FOLLOWING = "following", "Following"
+    ENDED = "ended", "Ended"
+    STOPPED = "stopped", "Stopped following"
+
+
 class RetryInFlight(Exception):
     """Another retry of the same task is being sent, or was just made.
 
@@ -166,6 +175,36 @@ class RetryAttempt(models.Model):
     new_task_batch_code = models.CharField(max_length=255, blank=True)
     new_task_message = models.TextField(blank=True)
     new_task_checked_at = models.DateTimeField(null=True, blank=True)
+    new_task_batch_id = models.IntegerField(null=True, blank=True)
+
+    # Following the new task in the background (kickouts/tasks.py).
+    follow_state = models.CharField(
+        max_length=20, choices=FollowState.choices, default=FollowState.NOT_FOLLOWED, blank=True
+    )
+    follow_stopped_reason = models.TextField(blank=True)
+    follow_checked_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the follower last asked EnergyCAP."
+    )
+    follow_succeeded_at = models.DateTimeField(
+        null=True, blank=True, help_text="When EnergyCAP last answered the follower."
+    )
+    follow_failures = models.PositiveIntegerField(
+        default=0, help_text="Failed asks in a row (the follower backs off)."
+    )
+    follow_error = models.TextField(blank=True)
+    follow_next_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the follower's next step is due."
+    )
+    # The guard against two followers: the id of the one follow step allowed to run next.
+    # A step that finds another id here (with its lease still valid) ends its chain.
+    follower_task_id = models.CharField(max_length=64, blank=True)
+    follow_lease_until = models.DateTimeField(null=True, blank=True)
+    # Claimed by one conditional UPDATE before the email goes out: sent once, even when
+    # two workers race.
+    notified_at = models.DateTimeField(null=True, blank=True)
+    notification = models.CharField(
+        max_length=200, blank=True, help_text="What became of the email to the requester."
+    )
 
     objects = RetryAttemptQuerySet.as_manager()
 
@@ -204,6 +243,14 @@ class RetryAttempt(models.Model):
                 condition=Q(outcome="submitted", new_task_finished=False),
                 name="retry_running_time",
             ),
+            # Followed retries whose follower may have been lost (kickouts/tasks.py), and the
+            # health check's "last follow-up".
+            models.Index(
+                fields=["follow_lease_until"],
+                condition=Q(follow_state="following"),
+                name="retry_follow_lease",
+            ),
+            models.Index(fields=["-follow_checked_at"], name="retry_follow_checked"),
         ]
 
     def __str__(self) -> str:
@@ -331,6 +378,7 @@ class RetryAttempt(models.Model):
             "new_task_analyzing_count": task.analyzing_count,
             "new_task_flag_count": task.unresolved_flag_count,
             "new_task_batch_code": task.batch.batch_code[:255] if task.batch else "",
+            "new_task_batch_id": task.batch.batch_id if task.batch else None,
             "new_task_message": task.message,
             "new_task_checked_at": checked_at,
         }
@@ -362,8 +410,40 @@ class RetryAttempt(models.Model):
         return self.outcome in MAY_HAVE_IMPORTED
 
     @property
+    def is_followed(self) -> bool:
+        return self.follow_state != FollowState.NOT_FOLLOWED
+
+    @property
     def new_task_has_kickouts(self) -> bool:
         return self.new_task_finished and self.new_task_status.lower() == "completed with kickouts"
+
+
+class UserSettings(models.Model):
+    """One user's own choices ("Your settings"); a user without a row has the defaults."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="dashboard_settings",
+    )
+    email_when_retry_ends = models.BooleanField(
+        default=True,
+        help_text="Email me when the new import of a retry I asked for ends.",
+    )
+
+    class Meta:
+        verbose_name = "user settings"
+        verbose_name_plural = "user settings"
+
+    def __str__(self) -> str:
+        return f"Settings of {self.user}"
+
+    @classmethod
+    def of(cls, user) -> UserSettings:
+        """The user's settings, unsaved defaults when they never changed any."""
+        found = cls.objects.filter(user=user).first()
+        return found if found is not None else cls(user=user)
 
 
 # -- the kickout queue (its own module, kept apart from the retry record) --

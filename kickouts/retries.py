@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import partial
 
 from django.core.cache import cache
+from django.db import transaction
 
 from . import energycap, snapshots
 from .energycap import EnergyCapError, NotFound, Rejected, Unauthorized, Unavailable
@@ -16,6 +18,7 @@ from .forms import BatchChoices, RetryForm
 from .history_filters import forget_people_with_retries
 from .models import RetryAttempt
 from .payloads import CurrentUser, Task
+from .tasks import start_following
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +129,8 @@ def submit_kickout_retry(*, user, form: RetryForm, task: Task) -> RetryAttempt:
     else:
         attempt.mark_submitted(new_task.guid)
         snapshots.mark_reimported(task, user)
+        # A worker follows the new task to its end and tells the requester (kickouts/tasks.py).
+        transaction.on_commit(partial(start_following, attempt.pk))
     logger.info(
         "Retry #%s of task %s by %s: %s",
         attempt.pk,

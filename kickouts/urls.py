@@ -1,7 +1,7 @@
 from django.urls import path, register_converter
 
 from .converters import GuidConverter
-from .views import health, history, queue, retries, tasks
+from .views import account, health, history, queue, retries, tasks
 
 register_converter(GuidConverter, "guid")
 
@@ -19,6 +19,7 @@ urlpatterns = [
     path("tasks/<guid:guid>/kickouts.csv", queue.import_csv, name="import_csv"),
     path("tasks/<guid:guid>/handled/", queue.mark_handled, name="mark_handled"),
     path("tasks/<guid:guid>/reopen/", queue.reopen, name="reopen"),
+    path("settings/", account.user_settings, name="user_settings"),
     path("health/live/", health.live, name="health_live"),
     path("health/ready/", health.ready, name="health_ready"),
 ]

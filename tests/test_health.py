@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import socket
+from datetime import timedelta
 
 from django.db import connection
 from django.test import override_settings
 from django.urls import reverse
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
+
+from kickouts.tasks import follow_retry
+
+from .factories import make_retry
 
 
 def closed_port() -> int:
@@ -39,7 +46,11 @@ def test_ready_checks_the_database_and_the_cache_but_not_energycap(client, db, s
     """/health/ready/: database and cache answer; EnergyCAP is only asked when requested."""
     response = client.get(reverse("health_ready"))
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "cache": "ok"}}
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "worker": "ok", "cache": "ok"},
+        "worker": {"oldest_waiting_seconds": None, "last_follow_up_seconds": None},
+    }
     assert sandbox.log() == []
 
 
@@ -88,3 +99,44 @@ def test_health_endpoints_only_answer_get(client, db):
     """They change nothing, so they take nothing else."""
     assert client.post(reverse("health_live")).status_code == 405
     assert client.post(reverse("health_ready")).status_code == 405
+
+
+def test_ready_is_unavailable_when_a_task_waited_longer_than_worker_stale_seconds(
+    client, db, settings
+):
+    """A task left waiting past WORKER_STALE_SECONDS means no worker runs: 503 for the monitor."""
+    settings.WORKER_STALE_SECONDS = 120
+    result = follow_retry.enqueue(12345)
+    DBTaskResult.objects.filter(id=result.id).update(
+        enqueued_at=timezone.now() - timedelta(seconds=300)
+    )
+    response = client.get(reverse("health_ready"))
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["worker"] == "error: a task has waited 300 s for a worker"
+    assert 299 <= body["worker"]["oldest_waiting_seconds"] < 310
+
+
+def test_ready_counts_a_deferred_task_as_waiting_only_from_its_run_after(client, db, settings):
+    """A step due later is not waiting; one due 10 s ago has waited 10 s (and that is fine)."""
+    settings.WORKER_STALE_SECONDS = 120
+    now = timezone.now()
+    follow_retry.using(run_after=now + timedelta(minutes=10)).enqueue(1)
+    follow_retry.using(run_after=now - timedelta(seconds=10)).enqueue(2)
+    response = client.get(reverse("health_ready"))
+    assert response.status_code == 200
+    assert 9 <= response.json()["worker"]["oldest_waiting_seconds"] < 20
+
+
+def test_an_idle_worker_with_an_empty_queue_is_healthy(client, clerk):
+    """Finished tasks and an old last follow-up do not make the worker look dead."""
+    result = follow_retry.enqueue(1)
+    DBTaskResult.objects.filter(id=result.id).update(
+        status="SUCCESSFUL", enqueued_at=timezone.now() - timedelta(hours=2)
+    )
+    make_retry(clerk, follow_checked_at=timezone.now() - timedelta(hours=1))
+    response = client.get(reverse("health_ready"))
+    assert response.status_code == 200
+    worker = response.json()["worker"]
+    assert worker["oldest_waiting_seconds"] is None
+    assert 3590 < worker["last_follow_up_seconds"] < 3700

@@ -21,7 +21,7 @@ def grant_mark_handled(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('kickouts', '0003_retryattempt_retry_running_time'),
+        ('kickouts', '0006_follow_up'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -15,14 +15,15 @@ from django_htmx.http import HttpResponseClientRedirect
 from .. import energycap, lineage
 from ..decorators import login_required, permission_required
 from ..energycap import EnergyCapError, NotFound
-from ..models import DuplicateToken, RetryAttempt, RetryInFlight
+from ..models import DuplicateToken, FollowState, RetryAttempt, RetryInFlight
 from ..retries import (
     build_retry_form,
     load_batch_choices,
     submit_kickout_retry,
     unavailable_batch_choices,
 )
-from ..status import read_task_status
+from ..status import panel_reading
+from ..tasks import email_note
 from .tasks import HtmxHttpRequest, kickout_context, retry_context
 
 MAX_CONSECUTIVE_FAILURES = 3
@@ -133,6 +134,7 @@ def retry_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "new_lineage": lineage.for_task(attempt.new_task_guid) if attempt.new_task_guid else None,
     }
     context.update(panel_context(request, attempt, watch_started=time.time(), failures=0))
+    context["email_note"] = email_note(attempt, request.user)
     return render(request, "kickouts/retry_detail.html", context)
 
 
@@ -167,12 +169,16 @@ def panel_context(request, attempt: RetryAttempt, *, watch_started: float, failu
     }
     if not attempt.new_task_guid:
         return context
-    reading = read_task_status(attempt.new_task_guid)
+    # The worker's record while it follows the retry; shared polling if it seems down.
+    reading, worker_down = panel_reading(attempt)
     context["reading"] = reading
-    if reading.ok:
-        attempt.record_task_status(reading.task, reading.checked_at)
+    context["worker_down"] = worker_down
+    if reading is not None and reading.ok:
         failures = 0
         running = reading.task.is_running
+    elif attempt.follow_state == FollowState.FOLLOWING and not worker_down:
+        failures = 0  # no answer yet, or EnergyCAP failing: the worker keeps asking
+        running = True
     else:
         failures += 1
         running = True

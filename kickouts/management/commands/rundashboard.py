@@ -1,6 +1,8 @@
 import os
 import signal
+import subprocess
 import sys
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -17,12 +19,41 @@ DEMO_USERS = [
     ("viewer", "Vic Viewer", None),
 ]
 DEMO_PASSWORD = "kickouts-demo"  # noqa: S105 - sandbox demo accounts only
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+# A worker told to stop finishes its current step first; one step waits at most for
+# one EnergyCAP answer (ENERGYCAP_READ_TIMEOUT).
+WORKER_STOP_SECONDS = 30
+
+
+def start_worker() -> subprocess.Popen:
+    """One `manage.py db_worker` beside the dashboard, in its own process group.
+
+    Its own group, so that Ctrl-C reaches only this command, which then stops the
+    worker gracefully (SIGTERM) rather than twice (a second signal kills a running task).
+    """
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "db_worker", "--no-reload", "--interval", "1"],
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
+        worker.terminate()
+        try:
+            worker.wait(timeout=WORKER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 class Command(BaseCommand):
     help = (
         "Start everything for local use: migrations, the EnergyCAP sandbox (when "
-        "ENERGYCAP_BASE_URL is unset), demo users, and the dashboard on 127.0.0.1:8000."
+        "ENERGYCAP_BASE_URL is unset), demo users, a background worker (db_worker), "
+        "and the dashboard on 127.0.0.1:8000."
     )
 
     def add_arguments(self, parser):
@@ -51,13 +82,17 @@ class Command(BaseCommand):
             self._demo_users()
         else:
             self.stdout.write(f"Using EnergyCAP at {settings.ENERGYCAP_BASE_URL}.")
+        worker = start_worker()
+        self.stdout.write(f"Background worker running (pid {worker.pid}).")
         self.stdout.write(f"Dashboard: http://{addrport}/  (Ctrl-C stops everything)")
-        # Stop the sandbox with the dashboard, on Ctrl-C and on a plain `kill` too.
+        # Stop the worker and the sandbox with the dashboard, on Ctrl-C and on a plain
+        # `kill` too.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             os.environ.setdefault("DJANGO_RUNSERVER_HIDE_WARNING", "true")
             call_command("runserver", addrport, use_reloader=False)
         finally:
+            stop_worker(worker)
             if sandbox is not None:
                 sandbox.stop()
 

@@ -1,0 +1,250 @@
+"""Background work, on Django's Tasks framework (the django-tasks backport).
+
+Tasks run in `manage.py db_worker` processes that share the queue in the dashboard's
+database. Every task finds its record, does one step, records it, and enqueues its next
+step with `run_after`: a task run twice, or a worker killed halfway, changes nothing.
+
+Following a retry: each step first enqueues the next one and, in the same transaction,
+writes that step's id on the retry record (`follower_task_id`) with a lease. Only the step
+named there (or any step, once the lease has run out) may go on; every other step ends at
+once. So one retry never has two followers, and a worker killed mid-step (even `kill -9`)
+leaves the next step queued: a restarted worker follows again when it is due.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django_tasks import TaskContext, task
+
+from . import status
+from .models import FollowState, Outcome, RetryAttempt, UserSettings
+
+logger = logging.getLogger(__name__)
+
+# Young retries are asked about every STATUS_POLL_SECONDS; older ones less often.
+FOLLOW_AGES = [
+    (timedelta(minutes=10), 0),  # (age below, minimum seconds between asks; 0: the interval)
+    (timedelta(hours=1), 30),
+]
+FOLLOW_OLD_SECONDS = 300
+# Back off after failures: 2, 4, 8 … times the delay, at most this much.
+FOLLOW_MAX_DELAY_SECONDS = 900
+# How often one retry may get a rescue step while its follower seems lost.
+RESCUE_EVERY_SECONDS = 60
+EMAIL_ATTEMPTS = 5
+
+
+def follow_delay(age: timedelta, failures: int) -> float:
+    """Seconds until the next ask: the polling interval while young, more as it ages."""
+    delay = settings.STATUS_POLL_SECONDS
+    for below, minimum in FOLLOW_AGES:
+        if age < below:
+            delay = max(delay, minimum)
+            break
+    else:
+        delay = max(delay, FOLLOW_OLD_SECONDS)
+    if failures:
+        delay = min(FOLLOW_MAX_DELAY_SECONDS, delay * 2 ** min(failures, 10))
+    return delay
+
+
+def lease_margin() -> timedelta:
+    """How long past its due time a step keeps its claim: one step's longest ask, plus two
+    polling intervals of a busy worker. After that, a rescue step may take over."""
+    one_get = settings.ENERGYCAP_CONNECT_TIMEOUT + settings.ENERGYCAP_READ_TIMEOUT
+    step = settings.ENERGYCAP_GET_ATTEMPTS * one_get + settings.ENERGYCAP_MAX_RETRY_AFTER
+    return timedelta(seconds=step + 2 * settings.STATUS_POLL_SECONDS)
+
+
+def _claimable(retry_id: int, step_id: str, now: datetime) -> QuerySet[RetryAttempt]:
+    """The retry, if this step may follow it: named as the next step, or the lease ran out."""
+    return RetryAttempt.objects.filter(pk=retry_id, follow_state=FollowState.FOLLOWING).filter(
+        Q(follower_task_id=step_id)
+        | Q(follower_task_id="")
+        | Q(follow_lease_until__isnull=True)
+        | Q(follow_lease_until__lt=now)
+    )
+
+
+def start_following(retry_id: int) -> bool:
+    """Follow a submitted retry's new task from now on (after the retry is committed)."""
+    now = timezone.now()
+    with transaction.atomic():
+        first = follow_retry.enqueue(retry_id)
+        started = (
+            RetryAttempt.objects.filter(
+                pk=retry_id, outcome=Outcome.SUBMITTED, follow_state=FollowState.NOT_FOLLOWED
+            )
+            .exclude(new_task_guid="")
+            .update(
+                follow_state=FollowState.FOLLOWING,
+                follower_task_id=str(first.id),
+                follow_next_at=now,
+                follow_lease_until=now + lease_margin(),
+            )
+        )
+        if not started:
+            # Not submitted, no new task (outcome unknown), or followed already.
+            transaction.set_rollback(True)
+    return bool(started)
+
+
+@task(takes_context=True)
+def follow_retry(context: TaskContext, retry_id: int) -> str:
+    """One follow-up of a retry's new task: claim, schedule the next, ask, record."""
+    step_id = str(context.task_result.id)
+    now = timezone.now()
+    attempt = RetryAttempt.objects.filter(pk=retry_id).first()
+    if attempt is None or attempt.follow_state != FollowState.FOLLOWING:
+        return "not followed"
+    if not _claimable(retry_id, step_id, now).exists():
+        return "followed by another step"
+    age = now - (attempt.answered_at or attempt.requested_at)
+    if age.total_seconds() > settings.FOLLOW_UP_MAX_SECONDS:
+        hours = settings.FOLLOW_UP_MAX_SECONDS / 3600
+        stopped = _claimable(retry_id, step_id, now).update(
+            follow_state=FollowState.STOPPED,
+            follow_stopped_reason=(
+                f"Stopped following after {hours:g} hours: the new import had not ended. "
+                "Check it in EnergyCAP, or open this page to look again."
+            ),
+            follower_task_id="",
+            follow_next_at=None,
+            follow_lease_until=None,
+        )
+        return "stopped: too old" if stopped else "followed by another step"
+    next_at = now + timedelta(seconds=follow_delay(age, attempt.follow_failures))
+    with transaction.atomic():
+        next_step = follow_retry.using(run_after=next_at).enqueue(retry_id)
+        claimed = _claimable(retry_id, step_id, now).update(
+            follower_task_id=str(next_step.id),
+            follow_next_at=next_at,
+            follow_lease_until=next_at + lease_margin(),
+        )
+        if not claimed:
+            transaction.set_rollback(True)  # the next step too: another follower has it
+            return "followed by another step"
+    reading = status.fetch_task_status(attempt.new_task_guid)
+    status.record_reading(attempt, reading, follower=True)
+    adopt_lost_followers(exclude=retry_id)
+    if not reading.ok:
+        logger.warning("Retry #%s: EnergyCAP did not answer: %s", retry_id, reading.error)
+        return f"asked, no answer: {reading.error}"
+    return f"asked: {reading.task.status or 'no status'}"
+
+
+def rescue_follower(attempt: RetryAttempt) -> bool:
+    """Enqueue a step for a followed retry whose follower seems lost (lease ran out).
+
+    Harmless if the follower was only late: the first step to run claims the retry and
+    the others end. At most one rescue per retry a minute, however many pages ask.
+    """
+    now = timezone.now()
+    if attempt.follow_state != FollowState.FOLLOWING:
+        return False
+    if attempt.follow_lease_until is not None and attempt.follow_lease_until >= now:
+        return False
+    if not cache.add(f"follow-rescue:{attempt.pk}", 1, timeout=RESCUE_EVERY_SECONDS):
+        return False
+    follow_retry.enqueue(attempt.pk)
+    logger.warning("Retry #%s: its follower seemed lost; enqueued another", attempt.pk)
+    return True
+
+
+def adopt_lost_followers(*, exclude: int | None = None, limit: int = 20) -> int:
+    """Rescue followed retries whose lease ran out (a step lost between being taken from
+    the queue and claiming its retry, e.g. by `kill -9`)."""
+    lost = RetryAttempt.objects.filter(
+        follow_state=FollowState.FOLLOWING, follow_lease_until__lt=timezone.now()
+    ).exclude(pk=exclude)
+    return sum(rescue_follower(attempt) for attempt in lost[:limit])
+
+
+@task()
+def notify_requester(retry_id: int, attempt_number: int = 1) -> str:
+    """Email the requester that the new import ended, once per retry."""
+    now = timezone.now()
+    claimed = RetryAttempt.objects.filter(pk=retry_id, notified_at__isnull=True).update(
+        notified_at=now
+    )
+    if not claimed:
+        return "already notified"
+    attempt = RetryAttempt.objects.select_related("requested_by").get(pk=retry_id)
+    user = attempt.requested_by
+    if not user.email:
+        note = "Not emailed: the requester has no email address."
+    elif not UserSettings.of(user).email_when_retry_ends:
+        note = "Not emailed: the requester turned these emails off."
+    else:
+        subject, body = retry_ended_email(attempt)
+        try:
+            send_mail(subject, body, None, [user.email])
+        except (OSError, smtplib.SMTPException) as exc:
+            # Not sent: free the claim, and try again later (a few times).
+            RetryAttempt.objects.filter(pk=retry_id).update(
+                notified_at=None, notification=f"Email failed: {type(exc).__name__}"
+            )
+            if attempt_number < EMAIL_ATTEMPTS:
+                notify_requester.using(
+                    run_after=now + timedelta(minutes=5 * attempt_number)
+                ).enqueue(retry_id, attempt_number + 1)
+            logger.warning("Retry #%s: the email failed: %s", retry_id, exc)
+            return f"email failed: {type(exc).__name__}"
+        note = f"Emailed to {user.email}."
+    RetryAttempt.objects.filter(pk=retry_id).update(notification=note)
+    return note
+
+
+def retry_ended_email(attempt: RetryAttempt) -> tuple[str, str]:
+    """The subject and text body telling the requester how the new import ended."""
+    context = {
+        "attempt": attempt,
+        "source_name": (
+            f"Bill Import {attempt.source_task_id}"
+            if attempt.source_task_id is not None
+            else f"bill import {attempt.source_task_guid}"
+        ),
+        "retry_url": settings.DASHBOARD_URL.rstrip("/") + attempt.get_absolute_url(),
+        "counts": " · ".join(
+            "–" if count is None else str(count)
+            for count in (
+                attempt.new_task_success_count,
+                attempt.new_task_analyzing_count,
+                attempt.new_task_flag_count,
+            )
+        ),
+    }
+    subject = render_to_string("kickouts/email/retry_ended_subject.txt", context)
+    body = render_to_string("kickouts/email/retry_ended.txt", context)
+    return " ".join(subject.split()), body
+
+
+def email_note(attempt: RetryAttempt, viewer) -> str:
+    """What the retry page says about the email to the requester."""
+    if attempt.notification:
+        return attempt.notification
+    if not attempt.is_followed:
+        return ""
+    user = attempt.requested_by
+    yours = user.pk == viewer.pk
+    if not user.email:
+        return (
+            "You have no email address here, so no email will tell you when it ends."
+            if yours
+            else "The requester has no email address here, so no email will be sent."
+        )
+    if not UserSettings.of(user).email_when_retry_ends:
+        return "Email turned off in Your settings." if yours else "The requester turned emails off."
+    if attempt.follow_state == FollowState.FOLLOWING:
+        return f"An email goes to {user.email} when the new import ends."
+    return ""

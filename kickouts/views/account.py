@@ -1,0 +1,33 @@
+"""The signed-in user's own page: "Your settings"."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from ..decorators import login_required
+from ..models import UserSettings
+from .tasks import HtmxHttpRequest
+
+
+class UserSettingsForm(forms.ModelForm):
+    class Meta:
+        model = UserSettings
+        fields = ["email_when_retry_ends"]
+        labels = {"email_when_retry_ends": "Email me when a retry I asked for ends"}
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def user_settings(request: HtmxHttpRequest) -> HttpResponse:
+    """GET: the user's settings. POST: save them."""
+    instance = UserSettings.of(request.user)
+    form = UserSettingsForm(request.POST or None, instance=instance)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Your settings were saved.")
+        return redirect("user_settings")
+    return render(request, "kickouts/settings.html", {"form": form})
