@@ -171,8 +171,9 @@ def store(fetched: Fetched) -> ImportSnapshot | None:
     return locked
 
 
-def register(tasks: Iterable[Task]) -> int:
-    """Make a "loading" snapshot for each ended import with kickouts not yet known; how many."""
+def register(tasks: Iterable[Task]) -> list[str]:
+    """Make a "loading" snapshot for each ended import with kickouts not yet known; their
+    GUIDs."""
     new = [
         ImportSnapshot(
             task_guid=task.guid,
@@ -187,7 +188,7 @@ def register(tasks: Iterable[Task]) -> int:
         if task.is_bill_import and task.has_kickouts and not task.is_running
     ]
     if not new:
-        return 0
+        return []
     known = set(
         ImportSnapshot.objects.filter(task_guid__in=[s.task_guid for s in new]).values_list(
             "task_guid", flat=True
@@ -195,27 +196,28 @@ def register(tasks: Iterable[Task]) -> int:
     )
     new = [s for s in new if s.task_guid not in known]
     ImportSnapshot.objects.bulk_create(new, ignore_conflicts=True)
-    return len(new)
+    return [s.task_guid for s in new]
 
 
-def register_and_read_handled(tasks: list[Task]) -> dict[str, str]:
+def register_and_read_handled(tasks: list[Task]) -> tuple[dict[str, str], list[str]]:
     """For the task list: queue the page's ended imports with kickouts, and say which of
-    them are handled (GUID -> reason's label). One query when none is new."""
+    them are handled (GUID -> reason's label) and which are new. One query when none is new."""
     with_kickouts = [t for t in tasks if t.has_kickouts and not t.is_running]
     if not with_kickouts:
-        return {}
+        return {}, []
     guids = [t.guid for t in with_kickouts]
     known = dict(
         ImportSnapshot.objects.filter(task_guid__in=guids).values_list(
             "task_guid", "handled_reason"
         )
     )
-    register(t for t in with_kickouts if t.guid not in known)
-    return {
+    new = register(t for t in with_kickouts if t.guid not in known)
+    handled = {
         guid: HandledReason(reason).label
         for guid, reason in known.items()
         if reason in HandledReason.values
     }
+    return handled, new
 
 
 def list_period(days: int, full_name: str = "") -> list[Task]:
@@ -266,7 +268,7 @@ def snapshot_period(days: int, full_name: str = "") -> tuple[int, int]:
 
     Returns (new imports registered, snapshots stored).
     """
-    registered = register(list_period(days, full_name))
+    registered = len(register(list_period(days, full_name)))
     loading = ImportSnapshot.objects.exclude(state=SnapshotState.READY).values_list(
         "task_guid", flat=True
     )

@@ -7,6 +7,7 @@ import io
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.management import call_command
 from django.urls import reverse
 
 from kickouts import snapshots
@@ -353,3 +354,52 @@ def test_a_group_csv_has_only_that_groups_rows(clerk_client, quinns_imports):
     """The group's download holds its five rows."""
     _, rows = read_csv(clerk_client.get(reverse("queue_csv"), {"user": QUINN, "message": METER}))
     assert len(rows) == 6 and {row[1] for row in rows[1:]} == {METER}
+
+
+# -- the worker --
+
+
+def run_worker() -> None:
+    """What `manage.py db_worker` does in production, until the queue is empty (it closes
+    the database connection when done, so these tests use real transactions)."""
+    call_command("db_worker", "--batch", "--no-startup-delay", "--no-reload", verbosity=0)
+
+
+def test_the_worker_lists_the_period_itself_and_fills_the_queue(
+    transactional_db, clerk_client, sandbox
+):
+    """The page only asks for a refresh; the worker lists EnergyCAP's imports and stores them."""
+    first = clerk_client.get(reverse("queue"))
+    assert "Nothing open." in first.content.decode()
+    assert sandbox.log() == []  # the page itself asked EnergyCAP nothing
+    run_worker()
+    assert sandbox.count("task_list") == 1
+    listed = snapshots.list_period(30)
+    expected = {t.guid for t in listed if t.has_kickouts and not t.is_running}
+    assert set(ImportSnapshot.objects.values_list("task_guid", flat=True)) == expected
+    assert not ImportSnapshot.objects.exclude(state=SnapshotState.READY).exists()
+    after = clerk_client.get(reverse("queue"))
+    assert sum(g["imports"] for g in after.context["groups"]) >= len(expected)
+    assert "Still loading" not in after.content.decode()
+
+
+def test_the_queue_asks_for_a_listing_at_most_once_in_five_minutes(
+    clerk_client, db, django_capture_on_commit_callbacks
+):
+    """Many page views, one listing task."""
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        for _ in range(3):
+            clerk_client.get(reverse("queue"))
+    assert len(callbacks) == 1
+
+
+def test_new_imports_seen_in_the_task_list_are_stored_by_the_worker(
+    transactional_db, clerk_client, sandbox
+):
+    """A refresh of the task list brings new imports into the queue, fetched in the background."""
+    created = add_import(sandbox, [METER], 2, days_ago=0.01)
+    clerk_client.get(reverse("task_list"))
+    assert sandbox.count("kickout_summary") == 0
+    run_worker()
+    snapshot = ImportSnapshot.objects.get(task_guid=created["taskGUId"])
+    assert (snapshot.state, snapshot.row_count) == (SnapshotState.READY, 2)

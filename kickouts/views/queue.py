@@ -21,6 +21,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
+from .. import tasks as background
 from ..causes import advice_for
 from ..decorators import login_required, permission_required
 from ..queue_models import HandledReason, ImportSnapshot, KickoutRow, SnapshotState
@@ -129,12 +130,9 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
 
 
 def _request_refresh(chosen: QueueFilter) -> None:
-    """Ask the worker to list the period's imports again (at most once per few minutes)."""
-    try:
-        from ..tasks import request_queue_refresh
-    except ImportError:  # no background worker configured: `manage.py snapshot_kickouts`
-        return
-    request_queue_refresh(chosen.days)
+    """Ask the worker to list the period's imports again (at most once per few minutes):
+    every import of the period is queued, whether or not anyone opened the task list."""
+    background.request_queue_refresh(chosen.days)
 
 
 @require_GET

@@ -9,6 +9,7 @@ from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
 
 from .. import energycap, lineage, snapshots
+from .. import tasks as background
 from ..decorators import login_required
 from ..energycap import EnergyCapError, NotFound
 from ..models import RetryAttempt
@@ -78,7 +79,8 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
             tasks = [t for t in tasks if t.has_kickouts]
         retries = RetryAttempt.objects.summary_by_source([t.guid for t in tasks])
         # A refresh of the list brings its ended imports with kickouts into the queue.
-        context["handled"] = snapshots.register_and_read_handled(tasks)
+        context["handled"], new = snapshots.register_and_read_handled(tasks)
+        background.snapshot_in_background(new)
         context["tasks"] = [(t, retries.get(t.guid)) for t in tasks]
         context["page"] = page
     template = "kickouts/task_list.html"
