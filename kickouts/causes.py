@@ -160,8 +160,7 @@ CAUSES: tuple[Cause, ...] = (
         ),
         "the file's replace, correct or void columns decide what happens to the existing bill",
         DEPENDS,
-        "re-import works once the existing bill is voided; otherwise mark the file's rows to "
-        "replace or correct it and import the file again",
+        "re-import once the existing bill is voided; else correct the file",
     ),
     Cause(
         "account_not_matched",

@@ -36,7 +36,9 @@ IMPORT_NUMBER_COLUMN = "Import"
 
 
 class HandledForm(forms.Form):
-    reason = forms.ChoiceField(choices=HandledReason.choices, label="Reason")
+    reason = forms.ChoiceField(
+        choices=[("", "Choose a reason"), *HandledReason.choices], label="Reason"
+    )
     note = forms.CharField(
         required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}), label="Note"
     )
