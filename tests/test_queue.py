@@ -116,6 +116,18 @@ def test_the_page_shows_how_many_imports_are_still_loading(clerk_client, sandbox
     assert 'hx-trigger="every 2s"' in page
 
 
+def test_the_polled_progress_reloads_the_page_once_everything_is_in(clerk_client, sandbox, db):
+    """While imports load, htmx gets the progress fragment; when none is left, a refresh."""
+    snapshots.register(snapshots.list_period(30))
+    poll = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "queue-progress"}
+    loading = clerk_client.get(reverse("queue"), **poll)
+    assert loading.content.decode().lstrip().startswith('<div id="queue-progress"')
+    assert "Still loading" in loading.content.decode()
+    snapshots.take_snapshots(ImportSnapshot.objects.values_list("task_guid", flat=True))
+    done = clerk_client.get(reverse("queue"), **poll)
+    assert done["HX-Refresh"] == "true"
+
+
 def test_snapshots_are_taken_once_and_pages_then_cost_energycap_nothing(
     clerk_client, sandbox, quinns_imports
 ):

@@ -20,6 +20,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRefresh
 
 from .. import tasks as background
 from ..causes import advice_for
@@ -111,6 +112,10 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         loading=Count("id", filter=Q(state=SnapshotState.LOADING)),
         failed=Count("id", filter=Q(state=SnapshotState.FAILED)),
     )
+    polled = bool(request.htmx) and request.htmx.target == "queue-progress"
+    if polled and not progress["loading"]:
+        # Everything is in: show the whole page again, groups included (and stop polling).
+        return HttpResponseClientRefresh()
     _request_refresh(chosen)
     context = {
         "chosen": chosen,
@@ -126,7 +131,7 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         ),
     }
     template = "kickouts/queue.html"
-    if request.htmx and request.htmx.target == "queue-progress":
+    if polled:
         template += "#queue-progress"
     return render(request, template, context)
 
