@@ -68,6 +68,9 @@ class ImportSnapshot(models.Model):
         related_name="+",
     )
     handled_at = models.DateTimeField(null=True, blank=True)
+    # Raised by every change (stored, handled, reopened): the queue's groups are computed once
+    # per change of its imports (`views.queue.queue_groups`), not on every view.
+    version = models.PositiveIntegerField(default=0)
 
     objects = ImportSnapshotQuerySet.as_manager()
 
@@ -125,10 +128,17 @@ class ImportSnapshot(models.Model):
             current.handled_note = note if reason else ""
             current.handled_by = user if reason else None
             current.handled_at = now if reason else None
+            current.version += 1
             current.save(
-                update_fields=["handled_reason", "handled_note", "handled_by", "handled_at"]
+                update_fields=[
+                    "handled_reason",
+                    "handled_note",
+                    "handled_by",
+                    "handled_at",
+                    "version",
+                ]
             )
-        for name in ("handled_reason", "handled_note", "handled_by", "handled_at"):
+        for name in ("handled_reason", "handled_note", "handled_by", "handled_at", "version"):
             setattr(self, name, getattr(current, name))
         return change
 

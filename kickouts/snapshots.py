@@ -120,7 +120,8 @@ def store(fetched: Fetched) -> ImportSnapshot | None:
         snapshot.state = SnapshotState.FAILED
         snapshot.fetch_error = fetched.error[:2000]
         snapshot.fetched_at = now
-        snapshot.save(update_fields=["state", "fetch_error", "fetched_at"])
+        snapshot.version += 1
+        snapshot.save(update_fields=["state", "fetch_error", "fetched_at", "version"])
         return snapshot
     grid = fetched.grid
     columns = recognise_columns(grid.columns)
@@ -155,8 +156,10 @@ def store(fetched: Fetched) -> ImportSnapshot | None:
             locked.state = SnapshotState.READY
             locked.fetch_error = ""
             locked.fetched_at = now
+            locked.version += 1
             locked.save(
                 update_fields=[
+                    "version",
                     "columns",
                     "file_name",
                     "row_count",

@@ -15,6 +15,7 @@ urlpatterns = [
     path("history.csv", history.history_csv, name="history_csv"),
     path("kickouts/", queue.queue, name="queue"),
     path("kickouts/group/", queue.queue_group, name="queue_group"),
+    path("kickouts/handled/", queue.mark_many_handled, name="mark_many_handled"),
     path("kickouts.csv", queue.queue_csv, name="queue_csv"),
     path("tasks/<guid:guid>/kickouts.csv", queue.import_csv, name="import_csv"),
     path("tasks/<guid:guid>/handled/", queue.mark_handled, name="mark_handled"),

@@ -59,6 +59,7 @@ EXPECTED: dict[str, dict[str, dict[str, int]] | str] = {
     "import_csv": {"GET": EVERYONE},
     # No reason chosen in the matrix's POST: the view sends the clerk back to the task page.
     "mark_handled": {"POST": MARKERS},
+    "mark_many_handled": {"POST": MARKERS},
     "reopen": {"POST": MARKERS},
     "health_live": PUBLIC,
     "health_ready": PUBLIC,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 import pytest
 from django.core.management import call_command
@@ -245,6 +246,27 @@ def test_a_clerk_marks_an_import_handled_and_it_leaves_the_queue(
     )
     page = clerk_client.get(reverse("task_detail", args=[guid])).content.decode()
     assert "Handled: corrected file imported" in page and "Reopen" in page
+
+
+def test_a_clerk_marks_several_imports_of_a_group_handled_at_once(
+    clerk, clerk_client, quinns_imports
+):
+    """From a group: the checked imports, one reason and note, one history step each."""
+    query = {"user": QUINN, "message": METER}
+    group_url = reverse("queue_group") + "?" + urlencode(query)
+    meter_imports = [quinns_imports[0]["taskGUId"], quinns_imports[2]["taskGUId"]]
+    response = clerk_client.post(
+        reverse("mark_many_handled"),
+        {"task": meter_imports, "reason": "corrected_file", "note": "New file", "next": group_url},
+    )
+    assert response["Location"] == group_url
+    handled = ImportSnapshot.objects.handled()
+    assert sorted(handled.values_list("task_guid", flat=True)) == sorted(meter_imports)
+    assert HandledChange.objects.filter(note="New file", changed_by=clerk).count() == 2
+    assert list(groups_of(clerk_client.get(reverse("queue"), {"user": QUINN}))) == [
+        ACCOUNT,
+        UNKNOWN,
+    ]
 
 
 def test_reopening_puts_the_import_back_and_is_recorded(
