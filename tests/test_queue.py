@@ -208,6 +208,19 @@ def test_a_group_lists_its_rows_across_imports_with_links_to_tasks_and_retry_for
         assert reverse("retry_form", args=[created["taskGUId"]]) in page
 
 
+def test_a_group_pages_its_imports(clerk_client, sandbox, db):
+    """Twenty-five imports a page, beside the rows' own pages."""
+    for _ in range(30):
+        add_import(sandbox, [ACCOUNT], 1)
+    snapshots.snapshot_period(30, QUINN)
+    query = {"user": QUINN, "message": ACCOUNT}
+    first = clerk_client.get(reverse("queue_group"), query)
+    second = clerk_client.get(reverse("queue_group"), {**query, "imports_page": 2})
+    assert first.context["imports"].paginator.count == 30
+    assert len(first.context["imports"]) == 25 and len(second.context["imports"]) == 5
+    assert "30 rows in 30 imports" in first.content.decode()
+
+
 def test_a_group_pages_its_rows(clerk_client, sandbox, db):
     """Fifty rows a page."""
     add_import(sandbox, [ACCOUNT], 60)
