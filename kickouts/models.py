@@ -199,6 +199,10 @@ class RetryAttempt(models.Model):
     # A step that finds another id here (with its lease still valid) ends its chain.
     follower_task_id = models.CharField(max_length=64, blank=True)
     follow_lease_until = models.DateTimeField(null=True, blank=True)
+    # A step asking EnergyCAP right now, and on which worker: the next step waits for it,
+    # unless it runs on that same worker (restarted, so the ask died with it).
+    follow_busy_until = models.DateTimeField(null=True, blank=True)
+    follow_worker_id = models.CharField(max_length=64, blank=True)
     # Claimed by one conditional UPDATE before the email goes out: sent once, even when
     # two workers race.
     notified_at = models.DateTimeField(null=True, blank=True)

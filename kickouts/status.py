@@ -122,6 +122,7 @@ def record_reading(attempt: RetryAttempt, reading: StatusReading, *, follower: b
                 "follow_failures": F("follow_failures") + 1,
                 "follow_error": reading.error,
             }
+        values["follow_busy_until"] = None
         RetryAttempt.objects.filter(pk=attempt.pk).update(**values)
     if reading.ok and not reading.task.is_running:
         settle_end(attempt)
@@ -139,6 +140,7 @@ def settle_end(attempt: RetryAttempt) -> bool:
             follow_next_at=None,
             follower_task_id="",
             follow_lease_until=None,
+            follow_busy_until=None,
         )
         if ended:
             notify_requester.enqueue(attempt.pk)

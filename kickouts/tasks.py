@@ -8,7 +8,10 @@ Following a retry: each step first enqueues the next one and, in the same transa
 writes that step's id on the retry record (`follower_task_id`) with a lease. Only the step
 named there (or any step, once the lease has run out) may go on; every other step ends at
 once. So one retry never has two followers, and a worker killed mid-step (even `kill -9`)
-leaves the next step queued: a restarted worker follows again when it is due.
+leaves the next step queued: a restarted worker follows again when it is due. While one
+step waits for EnergyCAP (`follow_busy_until`), the next waits for it, so two workers never
+ask about one retry at once; a worker restarted with the same `--worker-id` knows its
+own earlier ask died with it and does not wait.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.template.loader import render_to_string
 from django.utils import timezone
-from django_tasks import TaskContext, task
+from django_tasks import TaskContext, TaskResultStatus, task
+from django_tasks_db.models import DBTaskResult
 
 from . import snapshots, status
 from .energycap import EnergyCapError
@@ -104,6 +108,8 @@ def start_following(retry_id: int) -> bool:
 def follow_retry(context: TaskContext, retry_id: int) -> str:
     """One follow-up of a retry's new task: claim, schedule the next, ask, record."""
     step_id = str(context.task_result.id)
+    worker_ids = context.task_result.worker_ids
+    worker_id = worker_ids[-1] if worker_ids else ""
     now = timezone.now()
     attempt = RetryAttempt.objects.filter(pk=retry_id).first()
     if attempt is None or attempt.follow_state != FollowState.FOLLOWING:
@@ -122,26 +128,61 @@ def follow_retry(context: TaskContext, retry_id: int) -> str:
             follower_task_id="",
             follow_next_at=None,
             follow_lease_until=None,
+            follow_busy_until=None,
         )
         return "stopped: too old" if stopped else "followed by another step"
-    next_at = now + timedelta(seconds=follow_delay(age, attempt.follow_failures))
+    # The previous step may still be waiting for EnergyCAP on another worker (a slow
+    # answer outlasts the interval): wait one interval for it rather than ask twice.
+    busy = (
+        attempt.follow_busy_until is not None
+        and attempt.follow_busy_until > now
+        and attempt.follow_worker_id != worker_id
+    )
+    if busy:
+        next_at = now + timedelta(seconds=settings.STATUS_POLL_SECONDS)
+    else:
+        next_at = now + timedelta(seconds=follow_delay(age, attempt.follow_failures))
     with transaction.atomic():
         next_step = follow_retry.using(run_after=next_at).enqueue(retry_id)
-        claimed = _claimable(retry_id, step_id, now).update(
-            follower_task_id=str(next_step.id),
-            follow_next_at=next_at,
-            follow_lease_until=next_at + lease_margin(),
-        )
+        values = {
+            "follower_task_id": str(next_step.id),
+            "follow_next_at": next_at,
+            "follow_lease_until": next_at + lease_margin(),
+        }
+        if not busy:
+            values.update(follow_busy_until=now + lease_margin(), follow_worker_id=worker_id)
+        claimed = _claimable(retry_id, step_id, now).update(**values)
         if not claimed:
             transaction.set_rollback(True)  # the next step too: another follower has it
             return "followed by another step"
+    if busy:
+        return "waited for the previous step"
     reading = status.fetch_task_status(attempt.new_task_guid)
     status.record_reading(attempt, reading, follower=True)
     adopt_lost_followers(exclude=retry_id)
     if not reading.ok:
         logger.warning("Retry #%s: EnergyCAP did not answer: %s", retry_id, reading.error)
+        _back_off(retry_id, str(next_step.id), age, next_at)
         return f"asked, no answer: {reading.error}"
     return f"asked: {reading.task.status or 'no status'}"
+
+
+def _back_off(retry_id: int, next_step_id: str, age: timedelta, next_at: datetime) -> None:
+    """After a failed ask, move the queued next step later: 2, 4, 8 … intervals."""
+    failures = (
+        RetryAttempt.objects.filter(pk=retry_id).values_list("follow_failures", flat=True).first()
+    )
+    later = timezone.now() + timedelta(seconds=follow_delay(age, failures or 1))
+    if later <= next_at:
+        return
+    with transaction.atomic():
+        moved = DBTaskResult.objects.filter(id=next_step_id, status=TaskResultStatus.READY).update(
+            run_after=later
+        )
+        if moved:
+            RetryAttempt.objects.filter(pk=retry_id, follower_task_id=next_step_id).update(
+                follow_next_at=later, follow_lease_until=later + lease_margin()
+            )
 
 
 def rescue_follower(attempt: RetryAttempt) -> bool:

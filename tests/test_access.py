@@ -61,6 +61,12 @@ EXPECTED: dict[str, dict[str, dict[str, int]] | str] = {
     "mark_handled": {"POST": MARKERS},
     "mark_many_handled": {"POST": MARKERS},
     "reopen": {"POST": MARKERS},
+    "user_settings": {
+        "GET": EVERYONE,
+        "HTMX": EVERYONE,
+        "POST": dict.fromkeys(ROLES, 302),  # saved, then back to the page
+        "HTMX POST": dict.fromkeys(ROLES, 302),
+    },
     "health_live": PUBLIC,
     "health_ready": PUBLIC,
 }

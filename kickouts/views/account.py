@@ -25,7 +25,9 @@ class UserSettingsForm(forms.ModelForm):
 def user_settings(request: HtmxHttpRequest) -> HttpResponse:
     """GET: the user's settings. POST: save them."""
     instance = UserSettings.of(request.user)
-    form = UserSettingsForm(request.POST or None, instance=instance)
+    # An unticked box sends nothing at all: a POST is bound even when empty.
+    data = request.POST if request.method == "POST" else None
+    form = UserSettingsForm(data, instance=instance)
     if request.method == "POST" and form.is_valid():
         form.save()
         messages.success(request, "Your settings were saved.")

@@ -185,7 +185,11 @@ def panel_context(request, attempt: RetryAttempt, *, watch_started: float, failu
     watched = time.time() - watch_started
     if not running:
         return context
-    if reading.ok is False and (reading.error_permanent or failures >= MAX_CONSECUTIVE_FAILURES):
+    if (
+        failures
+        and reading is not None
+        and (reading.error_permanent or failures >= MAX_CONSECUTIVE_FAILURES)
+    ):
         context["stopped_reason"] = (
             f"Stopped checking after {failures} failed attempts in a row."
             if not reading.error_permanent

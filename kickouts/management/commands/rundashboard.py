@@ -32,7 +32,17 @@ def start_worker() -> subprocess.Popen:
     worker gracefully (SIGTERM) rather than twice (a second signal kills a running task).
     """
     return subprocess.Popen(
-        [sys.executable, "manage.py", "db_worker", "--no-reload", "--interval", "1"],
+        # A fixed worker id: restarted, the worker knows an ask it left behind died with it.
+        [
+            sys.executable,
+            "manage.py",
+            "db_worker",
+            "--no-reload",
+            "--interval",
+            "1",
+            "--worker-id",
+            "rundashboard",
+        ],
         cwd=PROJECT_ROOT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
