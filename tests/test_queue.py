@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 import pytest
+import responses
 from django.core.management import call_command
 from django.urls import reverse
 
 from kickouts import snapshots
+from kickouts.energycap import EnergyCap
 from kickouts.models import HandledChange, ImportSnapshot, SnapshotState
 from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID, DETAIL_COLUMNS
 
@@ -450,3 +452,52 @@ def test_new_imports_seen_in_the_task_list_are_stored_by_the_worker(
     run_worker()
     snapshot = ImportSnapshot.objects.get(task_guid=created["taskGUId"])
     assert (snapshot.state, snapshot.row_count) == (SnapshotState.READY, 2)
+
+
+# -- grids with other columns (unit level, `responses` on the wire) --
+
+OTHER_GUID = "0b5e2a7c-9d41-4e8a-b3f6-1c2d3e4f5a6b"
+
+
+def grid(columns: list[str], rows: list[list[str]]) -> dict:
+    """EnergyCAP's grid shape: field ids, and cells that name them."""
+    ids = [40 + i for i in range(len(columns))]
+    return {
+        "fields": [{"id": i, "name": n} for i, n in zip(ids, columns, strict=True)],
+        "data": [[{"fieldId": i, "value": v} for i, v in zip(ids, r, strict=True)] for r in rows],
+    }
+
+
+@responses.activate
+def test_a_grid_without_a_message_column_is_read_message_by_message(db):
+    """Its own column names are kept; account, meter, vendor, dates and cost still found."""
+    api = EnergyCap("https://ec.test", "k", get_attempts=1)
+    base = f"https://ec.test/api/v202401/import/bill/task/{OTHER_GUID}/kickout"
+    columns = ["Account Number", "Serial Number", "Vendor", "Start Date", "End Date", "Amount"]
+    responses.get(
+        base + "/summary",
+        json={"fileName": "feed.csv", "kickoutMessages": [ACCOUNT, METER], "taskGuid": OTHER_GUID},
+    )
+    responses.get(
+        base + "/detail",
+        match=[responses.matchers.query_param_matcher({"kickoutMessage": ACCOUNT})],
+        json=grid(columns, [["00-12", "S1", "PSEG", "10/04/2026", "11/02/2026", "$1,234.50"]]),
+    )
+    responses.get(
+        base + "/detail",
+        match=[responses.matchers.query_param_matcher({"kickoutMessage": METER})],
+        json=grid(columns, [["00-13", "", "PSEG", "2026-10-01", "", "n/a"]]),
+    )
+    responses.get(base + "/detail", json=grid(columns, [["00-12"] * 6, ["00-13"] * 6]))
+    ImportSnapshot.objects.create(task_guid=OTHER_GUID)
+    snapshot = snapshots.store(snapshots.fetch_kickouts(api, OTHER_GUID))
+    assert snapshot.state == SnapshotState.READY and snapshot.columns == columns
+    first, second = snapshot.rows.order_by("position")
+    assert (first.message, first.account_code, first.meter_code) == (ACCOUNT, "00-12", "S1")
+    assert (first.vendor_code, str(first.bill_start), str(first.total_cost)) == (
+        "PSEG",
+        "2026-10-04",
+        "1234.50",
+    )
+    assert (second.message, second.bill_end, second.total_cost) == (METER, None, None)
+    assert snapshot.file_name == "feed.csv" and snapshot.row_count == 2
