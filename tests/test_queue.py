@@ -419,7 +419,7 @@ def test_the_worker_lists_the_period_itself_and_fills_the_queue(
 ):
     """The page only asks for a refresh; the worker lists EnergyCAP's imports and stores them."""
     first = clerk_client.get(reverse("queue"))
-    assert "Nothing open." in first.content.decode()
+    assert "Asking EnergyCAP for the bill imports of the last 30 days" in first.content.decode()
     assert sandbox.log() == []  # the page itself asked EnergyCAP nothing
     run_worker()
     assert sandbox.count("task_list") == 1

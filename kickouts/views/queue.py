@@ -154,8 +154,9 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
     if polled and not progress["loading"]:
         # Everything is in: show the whole page again, groups included (and stop polling).
         return HttpResponseClientRefresh()
-    _request_refresh(chosen)
+    listing_asked = _request_refresh(chosen)
     context = {
+        "listing_asked": listing_asked,
         "chosen": chosen,
         "periods": PERIODS,
         "users": ImportSnapshot.objects.exclude(user_full_name="")
@@ -174,10 +175,10 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
-def _request_refresh(chosen: QueueFilter) -> None:
+def _request_refresh(chosen: QueueFilter) -> bool:
     """Ask the worker to list the period's imports again (at most once per few minutes):
     every import of the period is queued, whether or not anyone opened the task list."""
-    background.request_queue_refresh(chosen.days)
+    return background.request_queue_refresh(chosen.days)
 
 
 @require_GET
@@ -209,7 +210,8 @@ def queue_group(request: HtmxHttpRequest) -> HttpResponse:
         "page": page,
         "imports": imports,
         "handled_form": HandledForm(),
-        "can_mark": request.user.has_perm("kickouts.mark_handled"),
+        # Imports listed as handled need "Reopen", on their task page.
+        "can_mark": chosen.show == "open" and request.user.has_perm("kickouts.mark_handled"),
         "can_retry": request.user.has_perm("kickouts.submit_retry"),
     }
     return render(request, "kickouts/queue_group.html", context)
