@@ -206,9 +206,11 @@ def rescue_follower(attempt: RetryAttempt) -> bool:
 def adopt_lost_followers(*, exclude: int | None = None, limit: int = 20) -> int:
     """Rescue followed retries whose lease ran out (a step lost between being taken from
     the queue and claiming its retry, e.g. by `kill -9`)."""
-    lost = RetryAttempt.objects.filter(
-        follow_state=FollowState.FOLLOWING, follow_lease_until__lt=timezone.now()
-    ).exclude(pk=exclude)
+    lost = (
+        RetryAttempt.objects.filter(follow_state=FollowState.FOLLOWING)
+        .filter(Q(follow_lease_until__lt=timezone.now()) | Q(follow_lease_until__isnull=True))
+        .exclude(pk=exclude)
+    )
     return sum(rescue_follower(attempt) for attempt in lost[:limit])
 
 

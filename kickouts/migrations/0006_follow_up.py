@@ -5,6 +5,15 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def follow_running_retries(apps, schema_editor):
+    """Retries still running when this arrives are followed too: with no follower named,
+    the first rescue (a follow step, a retry page or refresh_retries) queues one."""
+    RetryAttempt = apps.get_model("kickouts", "RetryAttempt")
+    RetryAttempt.objects.filter(outcome="submitted", new_task_finished=False).exclude(
+        new_task_guid=""
+    ).update(follow_state="following")
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -103,4 +112,5 @@ class Migration(migrations.Migration):
             model_name='retryattempt',
             index=models.Index(fields=['-follow_checked_at'], name='retry_follow_checked'),
         ),
+        migrations.RunPython(follow_running_retries, migrations.RunPython.noop),
     ]

@@ -61,7 +61,7 @@ def ready(request):
         worker = worker_state()
         waited = worker["oldest_waiting_seconds"]
         checks["worker"] = (
-            f"error: a task has waited {waited:g} s for a worker"
+            f"error: a task has waited {waited:.0f} s for a worker"
             if waited is not None and waited > settings.WORKER_STALE_SECONDS
             else "ok"
         )

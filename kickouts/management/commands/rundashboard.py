@@ -25,7 +25,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[3]
 WORKER_STOP_SECONDS = 30
 
 
-def start_worker() -> subprocess.Popen:
+def start_worker(addrport: str) -> subprocess.Popen:
     """One `manage.py db_worker` beside the dashboard, in its own process group.
 
     Its own group, so that Ctrl-C reaches only this command, which then stops the
@@ -44,6 +44,8 @@ def start_worker() -> subprocess.Popen:
             "rundashboard",
         ],
         cwd=PROJECT_ROOT,
+        # Links in its emails point at this dashboard unless DASHBOARD_URL says otherwise.
+        env={"DASHBOARD_URL": f"http://{addrport}", **os.environ},
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -92,7 +94,7 @@ class Command(BaseCommand):
             self._demo_users()
         else:
             self.stdout.write(f"Using EnergyCAP at {settings.ENERGYCAP_BASE_URL}.")
-        worker = start_worker()
+        worker = start_worker(addrport)
         self.stdout.write(f"Background worker running (pid {worker.pid}).")
         self.stdout.write(f"Dashboard: http://{addrport}/  (Ctrl-C stops everything)")
         # Stop the worker and the sandbox with the dashboard, on Ctrl-C and on a plain
@@ -112,6 +114,8 @@ class Command(BaseCommand):
         for username, full_name, group in DEMO_USERS:
             user, _ = User.objects.get_or_create(username=username)
             user.first_name, _, user.last_name = full_name.partition(" ")
+            # The worker's emails to them are printed in this terminal (console backend).
+            user.email = f"{username}@example.com"
             user.set_password(DEMO_PASSWORD)
             user.save()
             user.groups.set([Group.objects.get(name=group)] if group else [])
