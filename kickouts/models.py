@@ -431,3 +431,14 @@ class UserSettings(models.Model):
         """The user's settings, unsaved defaults when they never changed any."""
         found = cls.objects.filter(user=user).first()
         return found if found is not None else cls(user=user)
+
+
+# -- the kickout queue (its own module, kept apart from the retry record) --
+
+from .queue_models import (  # noqa: E402, F401
+    HandledChange,
+    HandledReason,
+    ImportSnapshot,
+    KickoutRow,
+    SnapshotState,
+)

@@ -12,7 +12,7 @@ from functools import partial
 from django.core.cache import cache
 from django.db import transaction
 
-from . import energycap
+from . import energycap, snapshots
 from .energycap import EnergyCapError, ReimportAnswer, Verdict
 from .forms import BatchChoices, RetryForm
 from .history_filters import forget_people_with_retries
@@ -123,6 +123,9 @@ def submit_kickout_retry(*, user, form: RetryForm, task: Task) -> RetryAttempt:
     attempt.mark_sending()
     answer = api.reimport_kickouts(task.guid, attempt.payload)
     record_answer(attempt, answer)
+    if answer.verdict == Verdict.ACCEPTED:
+        # The import leaves the kickout queue as re-imported (kickouts/snapshots.py).
+        snapshots.mark_reimported(task, user)
     logger.info(
         "Retry #%s of task %s by %s: %s (%s)",
         attempt.pk,

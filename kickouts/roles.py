@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 ROLES = {
-    "AP staff": ["submit_retry"],
+    "AP staff": ["submit_retry", "mark_handled"],
     "Supervisors": [
         "submit_retry",
         "view_all_retries",
         "confirm_duplicate_retry",
         "view_retryattempt",
+        "mark_handled",
     ],
 }
 

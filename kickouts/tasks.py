@@ -30,7 +30,8 @@ from django.utils import timezone
 from django_tasks import TaskContext, TaskResultStatus, task
 from django_tasks_db.models import DBTaskResult
 
-from . import status
+from . import snapshots, status
+from .energycap import EnergyCapError
 from .models import FollowState, Outcome, RetryAttempt, UserSettings
 
 logger = logging.getLogger(__name__)
@@ -292,3 +293,48 @@ def email_note(attempt: RetryAttempt, viewer) -> str:
     if attempt.follow_state == FollowState.FOLLOWING:
         return f"An email goes to {user.email} when the new import ends."
     return ""
+
+
+# -- the kickout queue --
+
+# The queue page asks for a fresh listing of its period at most this often (all processes).
+QUEUE_REFRESH_SECONDS = 300
+
+
+@task()
+def refresh_kickout_queue(days: int) -> str:
+    """List EnergyCAP's bill imports of the period and store the kickouts of each new one
+    that ended "Completed with kickouts" (at most `snapshots.MAX_IN_FLIGHT` in flight).
+
+    Idempotent: an import already stored is never asked for again."""
+    try:
+        registered, stored = snapshots.snapshot_period(days)
+    except EnergyCapError as exc:
+        # Let the next page view ask again soon, not in five minutes.
+        cache.delete(_refresh_key(days))
+        return f"not listed: {exc.message}"
+    return f"{registered} new import(s) with kickouts, {stored} snapshot(s) taken"
+
+
+@task()
+def take_kickout_snapshots(guids: list[str]) -> str:
+    """Store the kickouts of these imports (those not stored yet)."""
+    return f"{snapshots.take_snapshots(guids)} snapshot(s) taken"
+
+
+def _refresh_key(days: int) -> str:
+    return f"kickout-queue-refresh:{days}"
+
+
+def request_queue_refresh(days: int) -> bool:
+    """Enqueue a listing of the period, unless one was asked for in the last few minutes."""
+    if not cache.add(_refresh_key(days), 1, timeout=QUEUE_REFRESH_SECONDS):
+        return False
+    transaction.on_commit(lambda: refresh_kickout_queue.enqueue(days))
+    return True
+
+
+def snapshot_in_background(guids: list[str]) -> None:
+    """The task list found new imports with kickouts: a worker stores them."""
+    if guids:
+        transaction.on_commit(lambda: take_kickout_snapshots.enqueue(list(guids)))

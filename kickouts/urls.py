@@ -1,7 +1,7 @@
 from django.urls import path, register_converter
 
 from .converters import GuidConverter
-from .views import account, health, history, retries, tasks
+from .views import account, health, history, queue, retries, tasks
 
 register_converter(GuidConverter, "guid")
 
@@ -14,6 +14,13 @@ urlpatterns = [
     path("retries/<int:pk>/status/", retries.status_panel, name="status_panel"),
     path("history/", history.history, name="history"),
     path("history.csv", history.history_csv, name="history_csv"),
+    path("kickouts/", queue.queue, name="queue"),
+    path("kickouts/group/", queue.queue_group, name="queue_group"),
+    path("kickouts/handled/", queue.mark_many_handled, name="mark_many_handled"),
+    path("kickouts.csv", queue.queue_csv, name="queue_csv"),
+    path("tasks/<guid:guid>/kickouts.csv", queue.import_csv, name="import_csv"),
+    path("tasks/<guid:guid>/handled/", queue.mark_handled, name="mark_handled"),
+    path("tasks/<guid:guid>/reopen/", queue.reopen, name="reopen"),
     path("settings/", account.user_settings, name="user_settings"),
     path("health/live/", health.live, name="health_live"),
     path("health/ready/", health.ready, name="health_ready"),

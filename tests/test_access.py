@@ -18,7 +18,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.urls.converters import IntConverter
 
 from kickouts.converters import GuidConverter
-from kickouts.models import Outcome, RetryAttempt
+from kickouts.models import ImportSnapshot, Outcome, RetryAttempt, SnapshotState
 from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID, RUNNING_TASK_GUID
 
 from .conftest import signed_in_client
@@ -37,6 +37,8 @@ PUBLIC = "public"  # health endpoints: anyone, signed in or not (tests/test_heal
 EVERYONE = dict.fromkeys(ROLES, 200)
 RETRIERS = {"outsider": 403, "clerk": 200, "other_clerk": 200, "supervisor": 200}
 OWNER_OR_SUPERVISOR = {"outsider": 404, "clerk": 200, "other_clerk": 404, "supervisor": 200}
+# Marking an import handled (or reopening it) answers with a redirect back.
+MARKERS = {"outsider": 403, "clerk": 302, "other_clerk": 302, "supervisor": 302}
 # Without htmx the panel's URL sends the browser to the retry page it belongs to.
 USERNAMES = {"outsider": "nora", "clerk": "carla", "other_clerk": "oscar", "supervisor": "sam"}
 PANEL_PAGE = {"outsider": 404, "clerk": 302, "other_clerk": 404, "supervisor": 302}
@@ -52,6 +54,14 @@ EXPECTED: dict[str, dict[str, dict[str, int]] | str] = {
     "status_panel": {"GET": PANEL_PAGE, "HTMX": OWNER_OR_SUPERVISOR},
     "history": {"GET": RETRIERS, "HTMX": RETRIERS},
     "history_csv": {"GET": RETRIERS},
+    "queue": {"GET": EVERYONE, "HTMX": EVERYONE},
+    "queue_group": {"GET": EVERYONE, "HTMX": EVERYONE},
+    "queue_csv": {"GET": EVERYONE},
+    "import_csv": {"GET": EVERYONE},
+    # No reason chosen in the matrix's POST: the view sends the clerk back to the task page.
+    "mark_handled": {"POST": MARKERS},
+    "mark_many_handled": {"POST": MARKERS},
+    "reopen": {"POST": MARKERS},
     "user_settings": {
         "GET": EVERYONE,
         "HTMX": EVERYONE,
@@ -140,6 +150,14 @@ def clerks_retry(clerk) -> RetryAttempt:
 
 
 @pytest.fixture
+def queued_import(db) -> ImportSnapshot:
+    """The kickouts of the API user's import, as the dashboard stored them."""
+    return ImportSnapshot.objects.create(
+        task_guid=API_USER_KICKOUT_TASK_GUID, task_id=47001, state=SnapshotState.READY
+    )
+
+
+@pytest.fixture
 def clients(outsider, clerk, other_clerk, supervisor) -> dict[str, Client]:
     users = {"outsider": outsider, "clerk": clerk, "other_clerk": other_clerk}
     users["supervisor"] = supervisor
@@ -179,7 +197,9 @@ def test_a_signed_out_visitor_is_sent_to_sign_in_everywhere(
 
 
 @pytest.mark.parametrize("name", _matrix_routes())
-def test_each_role_gets_exactly_what_the_table_says(name, clients, sandbox, clerks_retry, caplog):
+def test_each_role_gets_exactly_what_the_table_says(
+    name, clients, sandbox, clerks_retry, queued_import, caplog
+):
     """No group: tasks only. AP staff: retries, own retry pages. Supervisors: everything."""
     route = next(r for r in project_routes() if r.name == name)
     url = url_for(route, guid=API_USER_KICKOUT_TASK_GUID, pk=clerks_retry.pk)

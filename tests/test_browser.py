@@ -8,7 +8,8 @@ import re
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from kickouts.models import RetryAttempt
+from kickouts import snapshots
+from kickouts.models import ImportSnapshot, RetryAttempt
 from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID
 
 from .browser_helpers import (
@@ -259,3 +260,45 @@ def _tab_until(page: Page, selector: str, limit: int = 40) -> None:
         if page.evaluate("s => document.activeElement.matches(s)", selector):
             return
     raise AssertionError(f"Tab never reached {selector}")
+
+
+def test_a_clerk_works_the_kickout_queue_with_the_keyboard_only(
+    page, watch, live_server, clerk, sandbox, tmp_path
+):
+    """Queue → the biggest group → one of its imports → marked handled, never touching a mouse."""
+    snapshots.snapshot_period(30)
+    sign_in(page, live_server.url, clerk)
+    _tab_until(page, "nav a[href='/kickouts/']")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Kickouts")).to_be_visible()
+    biggest = page.locator("table.queue tbody tr").first.locator("a")
+    message = biggest.inner_text()
+    page.screenshot(path=tmp_path / "queue.png", full_page=True)
+
+    _tab_until(page, "table.queue tbody a")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name=message)).to_be_visible()
+    expect(page.locator(".advice")).not_to_be_empty()
+    page.screenshot(path=tmp_path / "queue-group.png", full_page=True)
+
+    _tab_until(page, "table.group-imports a[href^='/tasks/']")
+    guid = page.evaluate("document.activeElement.getAttribute('href')").split("/")[2]
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="In the kickout queue")).to_be_visible()
+
+    _tab_until(page, "#id_reason")
+    page.keyboard.press("ArrowDown")  # past "Choose a reason" and "fixed in EnergyCAP, …"
+    page.keyboard.press("ArrowDown")
+    expect(page.locator("#id_reason")).to_have_value("corrected_file")
+    page.keyboard.press("Tab")
+    page.keyboard.type("Fixed the file's meter codes")
+    _tab_until(page, ".handled-panel button[type=submit]")
+    page.keyboard.press("Enter")
+    expect(page.locator(".handled-panel")).to_contain_text("Handled: corrected file imported")
+    expect(page.locator(".handled-history")).to_contain_text("open → corrected file imported")
+    page.screenshot(path=tmp_path / "task-handled.png", full_page=True)
+
+    snapshot = ImportSnapshot.objects.get(task_guid=guid)
+    assert snapshot.handled_reason == "corrected_file" and snapshot.handled_by == clerk
+    assert snapshot.handled_note == "Fixed the file's meter codes"
+    watch.assert_clean(page)

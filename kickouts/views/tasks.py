@@ -8,7 +8,8 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
 
-from .. import energycap, lineage
+from .. import energycap, lineage, snapshots
+from .. import tasks as background
 from ..decorators import login_required
 from ..energycap import EnergyCapError, NotFound
 from ..forms import INT32_MAX
@@ -53,6 +54,7 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
     if period not in PERIODS:
         period = "30"
     only_kickouts = request.GET.get("kickouts") == "1"
+    full_name = request.GET.get("user", "").strip()[:255]
     page_number = _positive_int(request.GET.get("page"))
     per_page = request.GET.get("per_page", TASKS_PER_PAGE)
     if per_page not in PAGE_SIZES:
@@ -63,13 +65,18 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
         "per_page": per_page,
         "page_sizes": PAGE_SIZES,
         "only_kickouts": only_kickouts,
+        "full_name": full_name,
         "page": None,
         "tasks": [],
         "error": None,
     }
+    clauses = [("beginDate", f"last {PERIODS[period]} days", None)]
+    if full_name:
+        # EnergyCAP's own filter, so it covers every page, not just the one shown.
+        clauses.append(("fullName", "equals", full_name))
     try:
         page = energycap.client().list_bill_import_tasks(
-            filter_clauses=[("beginDate", f"last {PERIODS[period]} days", None)],
+            filter_clauses=clauses,
             page_number=page_number,
             page_size=int(per_page),
         )
@@ -86,7 +93,10 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
             # filters the page EnergyCAP sent; paging still follows its pages.
             tasks = [t for t in tasks if t.has_kickouts]
         retries = RetryAttempt.objects.summary_by_source([t.guid for t in tasks])
-        context["tasks"] = [(t, retries.get(t.guid)) for t in tasks]
+        # A refresh of the list brings its ended imports with kickouts into the queue.
+        handled, new = snapshots.register_and_read_handled(tasks)
+        background.snapshot_in_background(new)
+        context["tasks"] = [(t, retries.get(t.guid), handled.get(t.guid)) for t in tasks]
         context["page"] = page
     template = "kickouts/task_list.html"
     # The back button's history restore wants the whole page, not the table alone.
@@ -109,6 +119,9 @@ def task_detail(request: HtmxHttpRequest, guid: str) -> HttpResponse:
         )
     context = {"guid": guid, "task": task, "error": None}
     context.update(kickout_context(request, task))
+    from .queue import handled_context  # the queue's views import this module
+
+    context.update(handled_context(request, guid))
     context.update(retry_context(request, task))
     context["lineage"] = lineage.for_task(guid)
     return render(request, "kickouts/task_detail.html", context)
@@ -123,8 +136,14 @@ def kickout_context(request, task) -> dict:
     if len(chosen) > MESSAGE_MAX:
         chosen = ""  # no kickout message is that long: show all rows
     try:
-        summary = api.kickout_summary(task.guid)
-        grid = api.kickout_detail(task.guid, chosen or None)
+        if task.can_retry_kickouts:
+            # An ended import's kickouts never change: stored once, then read from our tables.
+            summary, grid = snapshots.stored_kickouts(
+                snapshots.ensure_snapshot(task), chosen or None
+            )
+        else:
+            summary = api.kickout_summary(task.guid)
+            grid = api.kickout_detail(task.guid, chosen or None)
     except EnergyCapError as exc:
         return {"kickout_error": exc}
     paginator = Paginator(grid.rows, DETAIL_ROWS_PER_PAGE)

@@ -1,0 +1,324 @@
+"""Snapshots of ended imports' kickouts: fetched from EnergyCAP once, then read from our tables.
+
+An import that ended "Completed with kickouts" never changes its summary or rows, so the first
+time the dashboard needs them it stores them (`ImportSnapshot`, `KickoutRow`). Fetching runs
+requests concurrently in threads but never more than `MAX_IN_FLIGHT` at once; only the calling
+thread touches the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import energycap
+from .energycap import EnergyCapError
+from .payloads import KickoutGrid, KickoutSummary, Task
+from .queue_models import HandledReason, ImportSnapshot, KickoutRow, SnapshotState
+
+logger = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 4
+LIST_PAGE_SIZE = 1000  # EnergyCAP's cap
+
+# The grid's columns are EnergyCAP's and not fixed; these normalised names are recognised.
+RECOGNISED_COLUMNS = {
+    "message": {"kickoutmessage", "message", "errormessage", "error", "kickoutreason", "reason"},
+    "account_code": {"accountcode", "accountnumber", "account", "accountno", "acctcode"},
+    "meter_code": {"metercode", "meter", "meternumber", "meterserialnumber", "serialnumber"},
+    "vendor_code": {"vendorcode", "vendor", "vendorname", "vendornumber"},
+    "bill_start": {"billstartdate", "startdate", "billstart", "periodstart", "servicestartdate"},
+    "bill_end": {"billenddate", "enddate", "billend", "periodend", "serviceenddate"},
+    "total_cost": {"totalcost", "cost", "totalamount", "billamount", "amount", "total"},
+}
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")
+
+
+def recognise_columns(columns: Iterable[str]) -> dict[str, str]:
+    """Which of the grid's columns holds the account, meter, vendor, dates, cost, message."""
+    found: dict[str, str] = {}
+    for column in columns:
+        normal = _NOT_ALNUM.sub("", column.lower())
+        for field, names in RECOGNISED_COLUMNS.items():
+            if field not in found and normal in names:
+                found[field] = column
+    return found
+
+
+def _date(value: str) -> date | None:
+    value = value.strip()
+    if not value:
+        return None
+    for pattern in ("%Y-%m-%d", "%m/%d/%Y", "%Y-%m-%dT%H:%M:%S", "%d-%b-%Y"):
+        try:
+            return datetime.strptime(value[:19] if "T" in value else value, pattern).date()
+        except ValueError:
+            continue
+    return None
+
+
+def _cost(value: str) -> Decimal | None:
+    text = value.strip().replace(",", "").replace("$", "")
+    if not text:
+        return None
+    try:
+        amount = Decimal(text).quantize(Decimal("0.01"))
+    except InvalidOperation:
+        return None
+    return amount if abs(amount) < Decimal("1e12") else None
+
+
+@dataclass
+class Fetched:
+    """What EnergyCAP said about one import: its summary and its rows (or why not)."""
+
+    guid: str
+    summary: KickoutSummary | None = None
+    grid: KickoutGrid | None = None
+    rows_by_message: list[tuple[str, dict[str, str]]] | None = None
+    exception: EnergyCapError | None = None
+
+    @property
+    def error(self) -> str:
+        return self.exception.message if self.exception else ""
+
+
+def fetch_kickouts(api: energycap.EnergyCap, guid: str) -> Fetched:
+    """The summary and every row of one import: two requests, more only if the grid has no
+    message column (then one detail request per message). Runs in a worker thread."""
+    try:
+        summary = api.kickout_summary(guid)
+        grid = api.kickout_detail(guid)
+        message_column = recognise_columns(grid.columns).get("message")
+        if message_column is not None or not grid.rows:
+            rows = [(row.get(message_column or "", ""), row) for row in grid.rows]
+        else:
+            rows = []
+            for message in summary.kickout_messages:
+                for row in api.kickout_detail(guid, message).rows:
+                    rows.append((message, row))
+    except EnergyCapError as exc:
+        return Fetched(guid, exception=exc)
+    return Fetched(guid, summary=summary, grid=grid, rows_by_message=rows)
+
+
+def store(fetched: Fetched) -> ImportSnapshot | None:
+    """Write one import's rows and mark its snapshot ready (or failed); idempotent."""
+    snapshot = ImportSnapshot.objects.filter(task_guid=fetched.guid).first()
+    if snapshot is None or snapshot.state == SnapshotState.READY:
+        return snapshot
+    now = timezone.now()
+    if fetched.error:
+        snapshot.state = SnapshotState.FAILED
+        snapshot.fetch_error = fetched.error[:2000]
+        snapshot.fetched_at = now
+        snapshot.version += 1
+        snapshot.save(update_fields=["state", "fetch_error", "fetched_at", "version"])
+        return snapshot
+    grid = fetched.grid
+    columns = recognise_columns(grid.columns)
+    objects = []
+    for position, (message, cells) in enumerate(fetched.rows_by_message or []):
+        get = cells.get
+        objects.append(
+            KickoutRow(
+                snapshot=snapshot,
+                position=position,
+                message=message,
+                cells=cells,
+                account_code=get(columns.get("account_code", ""), "")[:255],
+                meter_code=get(columns.get("meter_code", ""), "")[:255],
+                vendor_code=get(columns.get("vendor_code", ""), "")[:255],
+                bill_start=_date(get(columns.get("bill_start", ""), "")),
+                bill_end=_date(get(columns.get("bill_end", ""), "")),
+                total_cost=_cost(get(columns.get("total_cost", ""), "")),
+            )
+        )
+    try:
+        with transaction.atomic():
+            # The row lock makes a second worker storing the same import wait, then see READY.
+            locked = ImportSnapshot.objects.select_for_update().get(pk=snapshot.pk)
+            if locked.state == SnapshotState.READY:
+                return locked
+            KickoutRow.objects.filter(snapshot=snapshot).delete()
+            KickoutRow.objects.bulk_create(objects, batch_size=1000)
+            locked.columns = list(grid.columns)
+            locked.file_name = (fetched.summary.file_name or locked.file_name)[:500]
+            locked.row_count = len(objects)
+            locked.state = SnapshotState.READY
+            locked.fetch_error = ""
+            locked.fetched_at = now
+            locked.version += 1
+            locked.save(
+                update_fields=[
+                    "version",
+                    "columns",
+                    "file_name",
+                    "row_count",
+                    "state",
+                    "fetch_error",
+                    "fetched_at",
+                ]
+            )
+    except IntegrityError:
+        # Another process stored the same rows first: theirs are the same snapshot.
+        return ImportSnapshot.objects.get(pk=snapshot.pk)
+    return locked
+
+
+def register(tasks: Iterable[Task]) -> list[str]:
+    """Make a "loading" snapshot for each ended import with kickouts not yet known; their
+    GUIDs."""
+    new = [
+        ImportSnapshot(
+            task_guid=task.guid,
+            task_id=task.task_id,
+            status=task.status[:100],
+            begin_date=task.begin_date,
+            end_date=task.end_date,
+            user_full_name=task.user.full_name[:255] if task.user else "",
+            batch_code=task.batch.batch_code[:255] if task.batch else "",
+        )
+        for task in tasks
+        if task.is_bill_import and task.has_kickouts and not task.is_running
+    ]
+    if not new:
+        return []
+    known = set(
+        ImportSnapshot.objects.filter(task_guid__in=[s.task_guid for s in new]).values_list(
+            "task_guid", flat=True
+        )
+    )
+    new = [s for s in new if s.task_guid not in known]
+    ImportSnapshot.objects.bulk_create(new, ignore_conflicts=True)
+    return [s.task_guid for s in new]
+
+
+def register_and_read_handled(tasks: list[Task]) -> tuple[dict[str, str], list[str]]:
+    """For the task list: queue the page's ended imports with kickouts, and say which of
+    them are handled (GUID -> reason's label) and which are new. One query when none is new."""
+    with_kickouts = [t for t in tasks if t.has_kickouts and not t.is_running]
+    if not with_kickouts:
+        return {}, []
+    guids = [t.guid for t in with_kickouts]
+    known = dict(
+        ImportSnapshot.objects.filter(task_guid__in=guids).values_list(
+            "task_guid", "handled_reason"
+        )
+    )
+    new = register(t for t in with_kickouts if t.guid not in known)
+    handled = {
+        guid: HandledReason(reason).label
+        for guid, reason in known.items()
+        if reason in HandledReason.values
+    }
+    return handled, new
+
+
+def list_period(days: int, full_name: str = "") -> list[Task]:
+    """Every bill import EnergyCAP has begun in the last `days` days (all pages)."""
+    api = energycap.client()
+    clauses = [("beginDate", f"last {days} days", None)]
+    if full_name:
+        clauses.append(("fullName", "equals", full_name))
+    tasks: list[Task] = []
+    page_number = 1
+    while True:
+        page = api.list_bill_import_tasks(
+            filter_clauses=clauses, page_number=page_number, page_size=LIST_PAGE_SIZE
+        )
+        tasks.extend(page.items)
+        if not page.has_next or not page.items:
+            return tasks
+        page_number += 1
+
+
+def take_snapshots(guids: Iterable[str], *, max_in_flight: int = MAX_IN_FLIGHT) -> int:
+    """Fetch and store the given imports' kickouts, at most `max_in_flight` imports at once.
+
+    Fetching happens in threads; storing happens here, in the caller's thread and its database
+    connection, as each import's answer arrives. Returns how many were stored.
+    """
+    api = energycap.client()
+    pending = list(dict.fromkeys(guids))
+    stored = 0
+    with ThreadPoolExecutor(max_workers=max(1, max_in_flight)) as pool:
+        running: set[Future] = set()
+        while pending or running:
+            while pending and len(running) < max_in_flight:
+                running.add(pool.submit(fetch_kickouts, api, pending.pop(0)))
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                fetched = future.result()
+                if fetched.error:
+                    logger.warning("Kickouts of %s not fetched: %s", fetched.guid, fetched.error)
+                if store(fetched) is not None:
+                    stored += 1
+    return stored
+
+
+def snapshot_period(days: int, full_name: str = "") -> tuple[int, int]:
+    """List the period's imports, register the new ones with kickouts, and fetch every one
+    still loading or whose last fetch failed.
+
+    Returns (new imports registered, snapshots stored).
+    """
+    registered = len(register(list_period(days, full_name)))
+    loading = ImportSnapshot.objects.exclude(state=SnapshotState.READY).values_list(
+        "task_guid", flat=True
+    )
+    return registered, take_snapshots(list(loading))
+
+
+def ensure_snapshot(task: Task) -> ImportSnapshot:
+    """The stored kickouts of one ended import with kickouts, fetched now if not stored yet.
+
+    Raises the client's `EnergyCapError` when EnergyCAP could not be asked.
+    """
+    snapshot = ImportSnapshot.objects.filter(task_guid=task.guid).first()
+    if snapshot is not None and snapshot.state == SnapshotState.READY:
+        return snapshot
+    register([task])
+    fetched = fetch_kickouts(energycap.client(), task.guid)
+    if fetched.exception is not None:
+        store(fetched)
+        raise fetched.exception
+    return store(fetched)
+
+
+def stored_kickouts(
+    snapshot: ImportSnapshot, message: str | None = None
+) -> tuple[KickoutSummary, KickoutGrid]:
+    """A snapshot read back as EnergyCAP's summary and grid (the task page shows these)."""
+    messages = list(
+        dict.fromkeys(snapshot.rows.order_by("position").values_list("message", flat=True))
+    )
+    rows = snapshot.rows.order_by("position")
+    if message is not None:
+        rows = rows.filter(message=message)
+    return (
+        KickoutSummary(file_name=snapshot.file_name, kickout_messages=messages),
+        KickoutGrid(
+            columns=list(snapshot.columns), rows=list(rows.values_list("cells", flat=True))
+        ),
+    )
+
+
+def mark_reimported(task: Task, user) -> None:
+    """A re-import sent through the dashboard takes its import out of the queue by itself."""
+    register([task])
+    snapshot = ImportSnapshot.objects.filter(task_guid=task.guid).first()
+    if snapshot is not None and snapshot.handled_reason != HandledReason.REIMPORTED:
+        snapshot.mark_handled(
+            user=user,
+            reason=HandledReason.REIMPORTED,
+            note="Re-import submitted through the dashboard.",
+        )

@@ -1,0 +1,382 @@
+"""The kickout queue: every open kickout across imports, grouped by message, with what to do.
+
+Everything here reads the dashboard's own snapshots (`kickouts.snapshots`): the queue, its
+groups and its downloads make no request to EnergyCAP.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Iterable, Iterator
+from datetime import UTC, timedelta
+
+from django import forms
+from django.contrib import messages
+from django.core.cache import cache
+from django.core.paginator import Paginator
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum
+from django.http import HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRefresh
+
+from .. import tasks as background
+from ..causes import advice_for
+from ..decorators import login_required, permission_required
+from ..queue_models import HandledReason, ImportSnapshot, KickoutRow, SnapshotState
+from .tasks import PERIODS, HtmxHttpRequest
+
+GROUP_ROWS_PER_PAGE = 50
+GROUP_IMPORTS_PER_PAGE = 25
+GROUP_ROW_FIELDS = (
+    "account_code",
+    "meter_code",
+    "vendor_code",
+    "bill_start",
+    "bill_end",
+    "total_cost",
+    "snapshot__task_guid",
+    "snapshot__task_id",
+    "snapshot__file_name",
+)
+QUEUE_CACHE_SECONDS = 3600
+CSV_CHUNK_ROWS = 2000
+CSV_PIECE_ROWS = 500
+# Excel runs a cell that starts with one of these as a formula (OWASP: CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+IMPORT_NUMBER_COLUMN = "Import"
+
+
+class HandledForm(forms.Form):
+    reason = forms.ChoiceField(
+        choices=[("", "Choose a reason"), *HandledReason.choices], label="Reason"
+    )
+    note = forms.CharField(
+        required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}), label="Note"
+    )
+
+
+class QueueFilter:
+    """The queue's filters from the query string: period, EnergyCAP user, open or handled."""
+
+    def __init__(self, query):
+        period = query.get("period", "30")
+        self.period = period if period in PERIODS else "30"
+        self.user = query.get("user", "").strip()[:255]
+        self.show = "handled" if query.get("show") == "handled" else "open"
+
+    @property
+    def days(self) -> int:
+        return PERIODS[self.period]
+
+    def snapshots(self) -> QuerySet[ImportSnapshot]:
+        since = timezone.now() - timedelta(days=self.days)
+        found = ImportSnapshot.objects.filter(begin_date__gte=since)
+        if self.user:
+            found = found.filter(user_full_name=self.user)
+        return found
+
+    def listed(self) -> QuerySet[ImportSnapshot]:
+        """The imports the queue lists: ready, and open (or handled, with that filter)."""
+        chosen = self.snapshots().filter(state=SnapshotState.READY)
+        return chosen.handled() if self.show == "handled" else chosen.open()
+
+    def query(self, **extra) -> str:
+        from urllib.parse import urlencode
+
+        values = {"period": self.period}
+        if self.user:
+            values["user"] = self.user
+        if self.show != "open":
+            values["show"] = self.show
+        values.update({k: v for k, v in extra.items() if v not in (None, "")})
+        return urlencode(values)
+
+
+def queue_groups(listed: QuerySet[ImportSnapshot]) -> list[dict]:
+    """The kickout rows of these imports grouped by message, most rows first, with advice."""
+    groups = list(
+        KickoutRow.objects.filter(snapshot__in=listed)
+        .values("message")
+        .annotate(
+            rows=Count("id"),
+            imports=Count("snapshot", distinct=True),
+            accounts=Count("account_code", distinct=True, filter=~Q(account_code="")),
+            vendors=Count("vendor_code", distinct=True, filter=~Q(vendor_code="")),
+            oldest=Min("snapshot__begin_date"),
+            newest=Max("snapshot__begin_date"),
+        )
+        .order_by("-rows", "message")
+    )
+    for group in groups:
+        group["advice"] = advice_for(group["message"])
+    return groups
+
+
+def cached_queue_groups(chosen: QueueFilter, listed: QuerySet[ImportSnapshot]) -> list[dict]:
+    """`queue_groups`, computed once per change of the listed imports.
+
+    Grouping 20,000 rows took most of the page (bench/queue-results.md). The listed imports'
+    count, the sum of their ids and the sum of their versions (each raised by every change)
+    change whenever the groups could: an import stored, handled, reopened, or entering or
+    leaving the period or the user filter.
+    """
+    state = listed.aggregate(count=Count("id"), ids=Sum("id"), versions=Sum("version"))
+    if not state["count"]:
+        return []
+    fingerprint = "|".join(str(state[k]) for k in ("count", "ids", "versions"))
+    key = (
+        "kickout-queue:"
+        + hashlib.sha256(f"{chosen.query()}|{fingerprint}".encode()).hexdigest()[:32]
+    )
+    groups = cache.get(key)
+    if groups is None:
+        groups = queue_groups(listed)
+        cache.set(key, groups, QUEUE_CACHE_SECONDS)
+    return groups
+
+
+@require_GET
+@login_required
+def queue(request: HtmxHttpRequest) -> HttpResponse:
+    chosen = QueueFilter(request.GET)
+    in_period = chosen.snapshots()
+    progress = in_period.aggregate(
+        total=Count("id"),
+        loading=Count("id", filter=Q(state=SnapshotState.LOADING)),
+        failed=Count("id", filter=Q(state=SnapshotState.FAILED)),
+    )
+    polled = bool(request.htmx) and request.htmx.target == "queue-progress"
+    if polled and not progress["loading"]:
+        # Everything is in: show the whole page again, groups included (and stop polling).
+        return HttpResponseClientRefresh()
+    listing_asked = _request_refresh(chosen)
+    context = {
+        "listing_asked": listing_asked,
+        "chosen": chosen,
+        "periods": PERIODS,
+        "users": ImportSnapshot.objects.exclude(user_full_name="")
+        .order_by("user_full_name")
+        .values_list("user_full_name", flat=True)
+        .distinct(),
+        "progress": progress,
+        "groups": cached_queue_groups(chosen, chosen.listed()),
+        "handled": (
+            chosen.listed().select_related("handled_by")[:200] if chosen.show == "handled" else []
+        ),
+    }
+    template = "kickouts/queue.html"
+    if polled:
+        template += "#queue-progress"
+    return render(request, template, context)
+
+
+def _request_refresh(chosen: QueueFilter) -> bool:
+    """Ask the worker to list the period's imports again (at most once per few minutes):
+    every import of the period is queued, whether or not anyone opened the task list."""
+    return background.request_queue_refresh(chosen.days)
+
+
+@require_GET
+@login_required
+def queue_group(request: HtmxHttpRequest) -> HttpResponse:
+    chosen = QueueFilter(request.GET)
+    message = request.GET.get("message", "")
+    rows = (
+        KickoutRow.objects.filter(snapshot__in=chosen.listed(), message=message)
+        .select_related("snapshot")
+        .only(*GROUP_ROW_FIELDS)
+        .order_by("-snapshot__begin_date", "snapshot_id", "position")
+    )
+    page = Paginator(rows, GROUP_ROWS_PER_PAGE).get_page(request.GET.get("page"))
+    # Paged too: a common message is in hundreds of imports, and each row of a Django
+    # template costs about 0.15 ms (bench/queue-results.md).
+    imports = Paginator(
+        chosen.listed()
+        .filter(rows__message=message)
+        .distinct()
+        .order_by("-begin_date", "-id")
+        .values("task_guid", "task_id", "begin_date", "file_name"),
+        GROUP_IMPORTS_PER_PAGE,
+    ).get_page(request.GET.get("imports_page"))
+    context = {
+        "chosen": chosen,
+        "message": message,
+        "advice": advice_for(message),
+        "page": page,
+        "imports": imports,
+        "handled_form": HandledForm(),
+        # Imports listed as handled need "Reopen", on their task page.
+        "can_mark": chosen.show == "open" and request.user.has_perm("kickouts.mark_handled"),
+        "can_retry": request.user.has_perm("kickouts.submit_retry"),
+    }
+    return render(request, "kickouts/queue_group.html", context)
+
+
+# -- handled / reopen --
+
+
+def _back(request, snapshot: ImportSnapshot) -> str:
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return reverse("task_detail", args=[snapshot.task_guid])
+
+
+@require_POST
+@login_required
+@permission_required("kickouts.mark_handled")
+def mark_handled(request: HtmxHttpRequest, guid: str) -> HttpResponse:
+    snapshot = get_object_or_404(ImportSnapshot, task_guid=guid.lower())
+    form = HandledForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose why the import is handled.")
+        return redirect(_back(request, snapshot))
+    snapshot.mark_handled(
+        user=request.user, reason=form.cleaned_data["reason"], note=form.cleaned_data["note"]
+    )
+    messages.success(
+        request,
+        f"Import {snapshot.task_id or snapshot.task_guid} marked handled: "
+        f"{snapshot.handled_label}.",
+    )
+    return redirect(_back(request, snapshot))
+
+
+@require_POST
+@login_required
+@permission_required("kickouts.mark_handled")
+def mark_many_handled(request: HtmxHttpRequest) -> HttpResponse:
+    """From a group: the checked imports handled, with one reason and note."""
+    form = HandledForm(request.POST)
+    guids = [g.lower() for g in request.POST.getlist("task")[:1000]]
+    chosen = list(ImportSnapshot.objects.filter(task_guid__in=guids).open())
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        target = reverse("queue")
+    if not form.is_valid() or not chosen:
+        messages.error(request, "Check the imports to mark, and choose why they are handled.")
+        return redirect(target)
+    for snapshot in chosen:
+        snapshot.mark_handled(
+            user=request.user, reason=form.cleaned_data["reason"], note=form.cleaned_data["note"]
+        )
+    messages.success(
+        request,
+        f"{len(chosen)} import{'s' if len(chosen) != 1 else ''} marked handled: "
+        f"{HandledReason(form.cleaned_data['reason']).label}.",
+    )
+    return redirect(target)
+
+
+@require_POST
+@login_required
+@permission_required("kickouts.mark_handled")
+def reopen(request: HtmxHttpRequest, guid: str) -> HttpResponse:
+    snapshot = get_object_or_404(ImportSnapshot, task_guid=guid.lower())
+    if snapshot.is_handled:
+        snapshot.reopen(user=request.user, note=request.POST.get("note", "")[:2000])
+        messages.success(request, f"Import {snapshot.task_id or snapshot.task_guid} is open again.")
+    return redirect(_back(request, snapshot))
+
+
+def handled_context(request, guid: str) -> dict:
+    """The task page's handled panel: state, the form or reopen, and the history."""
+    snapshot = (
+        ImportSnapshot.objects.filter(task_guid=guid.lower()).select_related("handled_by").first()
+    )
+    if snapshot is None:
+        return {}
+    return {
+        "snapshot": snapshot,
+        "handled_form": HandledForm(),
+        "can_mark": request.user.has_perm("kickouts.mark_handled"),
+        "handled_changes": snapshot.handled_changes.select_related("changed_by")[:20],
+    }
+
+
+# -- downloads --
+
+
+def _guard(value) -> str:
+    text = "" if value is None else str(value)
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
+class _Echo:
+    """A file-like object whose write() hands the line back, for csv.writer to stream."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_pieces(columns: list[str], rows: Iterable[tuple[int | None, dict]]) -> Iterator[str]:
+    """A byte-order mark and the header, then the rows a few hundred at a time."""
+    writer = csv.writer(_Echo())
+    # Excel reads a CSV without a byte-order mark in the machine's legacy code page.
+    yield "\ufeff" + writer.writerow([_guard(c) for c in [IMPORT_NUMBER_COLUMN, *columns]])
+    lines: list[str] = []
+    for task_id, cells in rows:
+        get = cells.get
+        lines.append(writer.writerow([task_id or "", *(_guard(get(c)) for c in columns)]))
+        if len(lines) == CSV_PIECE_ROWS:
+            yield "".join(lines)
+            lines = []
+    if lines:
+        yield "".join(lines)
+
+
+def kickouts_csv(rows: QuerySet[KickoutRow], snapshots: QuerySet, name: str) -> HttpResponse:
+    """Stream these rows with the grids' own column names (in order of first appearance)."""
+    columns: list[str] = []
+    seen: set[str] = set()
+    for names in snapshots.order_by().values_list("columns", flat=True).distinct():
+        for column in names or []:
+            if column not in seen:
+                seen.add(column)
+                columns.append(column)
+    ordered = rows.order_by("-snapshot__begin_date", "snapshot_id", "position").values_list(
+        "snapshot__task_id", "cells"
+    )
+    response = StreamingHttpResponse(
+        csv_pieces(columns, ordered.iterator(chunk_size=CSV_CHUNK_ROWS)),
+        content_type="text/csv; charset=utf-8",
+    )
+    stamp = timezone.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    response["Content-Disposition"] = f'attachment; filename="{name}-{stamp}.csv"'
+    return response
+
+
+@require_GET
+@login_required
+def queue_csv(request: HtmxHttpRequest) -> HttpResponse:
+    """The whole queue's rows, or one group's (`message`)."""
+    chosen = QueueFilter(request.GET)
+    listed = chosen.listed()
+    rows = KickoutRow.objects.filter(snapshot__in=listed)
+    message = request.GET.get("message")
+    name = "kickout-queue"
+    if message is not None:
+        rows = rows.filter(message=message)
+        listed = listed.filter(rows__message=message)
+        name = "kickout-group"
+    return kickouts_csv(rows, listed, name)
+
+
+@require_GET
+@login_required
+def import_csv(request: HtmxHttpRequest, guid: str) -> HttpResponse:
+    snapshot = get_object_or_404(ImportSnapshot, task_guid=guid.lower(), state=SnapshotState.READY)
+    return kickouts_csv(
+        KickoutRow.objects.filter(snapshot=snapshot),
+        ImportSnapshot.objects.filter(pk=snapshot.pk),
+        f"kickouts-{snapshot.task_id or snapshot.task_guid}",
+    )
