@@ -24,6 +24,8 @@ from .models import Outcome, RetryAttempt
 
 PAGE_SIZE = 50
 STILL_RUNNING = "running"
+# Compared, and the new task still kicked out some of the source's rows (kickouts/compare.py).
+STILL_KICKING_OUT = "still_kicking_out"
 FILTERS = ("user", "date_from", "date_to", "outcome", "final_status", "batch_mode", "q")
 FINAL_STATUS_CACHE_KEY = "history:final-statuses"
 FINAL_STATUS_CACHE_SECONDS = 60
@@ -155,6 +157,7 @@ class HistoryFilterForm(forms.Form):
         self.fields["final_status"].choices = [
             ("", "Any final status"),
             (STILL_RUNNING, "Still running"),
+            (STILL_KICKING_OUT, "Still kicking out"),
             *((status, status) for status in final_statuses()),
         ]
 
@@ -263,6 +266,8 @@ def filter_retries(retries: QuerySet, filters: dict) -> QuerySet:
         retries = retries.filter(outcome=filters["outcome"])
     if filters.get("final_status") == STILL_RUNNING:
         retries = retries.unfinished()
+    elif filters.get("final_status") == STILL_KICKING_OUT:
+        retries = retries.filter(still_count__gt=0)
     elif filters.get("final_status"):
         retries = retries.filter(new_task_status=filters["final_status"], new_task_finished=True)
     if filters.get("batch_mode"):

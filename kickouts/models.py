@@ -26,6 +26,8 @@ class Outcome(models.TextChoices):
     REJECTED = "rejected", "Rejected by EnergyCAP"
     NOT_SENT = "not_sent", "Not sent"
     UNKNOWN = "unknown", "Outcome unknown"
+    # An "outcome unknown" a supervisor settled from EnergyCAP's task list (kickouts/reconcile.py).
+    NONE_IMPORTED = "none_imported", "Nothing imported"
 
 
 # Outcomes after which EnergyCAP may hold a new import of the same kickouts:
@@ -40,6 +42,23 @@ class FollowState(models.TextChoices):
     FOLLOWING = "following", "Following"
     ENDED = "ended", "Ended"
     STOPPED = "stopped", "Stopped following"
+
+
+class CompareState(models.TextChoices):
+    """Whether the source's kickout rows were compared with the new task's (kickouts/compare.py)."""
+
+    NOT_COMPARED = "", "Not compared"
+    COMPARED = "compared", "Compared"
+    NEW_TASK_FAILED = "failed", "New import failed"
+    ERROR = "error", "Could not compare"
+
+
+class Reconciled(models.TextChoices):
+    """A supervisor's decision on an "outcome unknown" retry (kickouts/reconcile.py)."""
+
+    UNDECIDED = "", "Undecided"
+    LINKED = "linked", "Linked to an EnergyCAP task"
+    NONE_STARTED = "none_started", "Nothing was imported"
 
 
 class RetryInFlight(Exception):
@@ -204,6 +223,31 @@ class RetryAttempt(models.Model):
         max_length=200, blank=True, help_text="What became of the email to the requester."
     )
 
+    # Before and after (kickouts/compare.py): the source's kickout rows against the new task's.
+    compare_state = models.CharField(
+        max_length=10, choices=CompareState.choices, default=CompareState.NOT_COMPARED, blank=True
+    )
+    compared_at = models.DateTimeField(null=True, blank=True)
+    compare_error = models.TextField(blank=True)
+    before_count = models.PositiveIntegerField(null=True, blank=True)
+    fixed_count = models.PositiveIntegerField(null=True, blank=True)
+    still_count = models.PositiveIntegerField(null=True, blank=True)
+    new_count = models.PositiveIntegerField(null=True, blank=True)
+    # One dict per row: change ("fixed", "still", "new"), message, was (the source's message when
+    # it differs), account, meter, start, end.
+    compare_rows = models.JSONField(default=list, blank=True)
+
+    # Reconciling "outcome unknown" (kickouts/reconcile.py): the current decision; every
+    # decision, reversals too, is a `ReconcileDecision`.
+    reconciled = models.CharField(
+        max_length=20, choices=Reconciled.choices, default=Reconciled.UNDECIDED, blank=True
+    )
+    reconciled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    reconciled_at = models.DateTimeField(null=True, blank=True)
+    reconciled_note = models.TextField(blank=True)
+
     objects = RetryAttemptQuerySet.as_manager()
 
     class Meta:
@@ -212,6 +256,7 @@ class RetryAttempt(models.Model):
             ("submit_retry", "Can retry a task's kickouts"),
             ("view_all_retries", "Can see every user's retry history"),
             ("confirm_duplicate_retry", "Can re-import kickouts that were already re-imported"),
+            ("reconcile_retry", 'Can settle an "outcome unknown" retry from EnergyCAP\'s tasks'),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -249,6 +294,12 @@ class RetryAttempt(models.Model):
                 name="retry_follow_lease",
             ),
             models.Index(fields=["-follow_checked_at"], name="retry_follow_checked"),
+            # The history's "still kicking out" filter.
+            models.Index(
+                fields=["-requested_at", "-id"],
+                condition=Q(still_count__gt=0),
+                name="retry_still_kicking_time",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -403,6 +454,43 @@ class RetryAttempt(models.Model):
     @property
     def new_task_has_kickouts(self) -> bool:
         return self.new_task_finished and self.new_task_status.lower() == "completed with kickouts"
+
+    @property
+    def fixed_label(self) -> str:
+        """ "9 of 12" once compared, else empty."""
+        if self.compare_state != CompareState.COMPARED or self.before_count is None:
+            return ""
+        return f"{self.fixed_count} of {self.before_count}"
+
+    @property
+    def rows_left(self) -> int | None:
+        """How many of the source's rows the new task still kicked out (plus new ones)."""
+        if self.compare_state != CompareState.COMPARED:
+            return None
+        return (self.still_count or 0) + (self.new_count or 0)
+
+
+class ReconcileDecision(models.Model):
+    """One supervisor's decision on an "outcome unknown" retry, or its reversal."""
+
+    retry = models.ForeignKey(
+        RetryAttempt, on_delete=models.CASCADE, related_name="reconcile_decisions"
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(default=timezone.now)
+    # The decision made ("linked", "none_started"), or "" for a reversal to undecided.
+    decision = models.CharField(max_length=20, choices=Reconciled.choices, blank=True)
+    task_guid = models.CharField(max_length=36, blank=True)
+    task_id = models.IntegerField(null=True, blank=True)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-decided_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_decision_display()} (retry #{self.retry_id})"
 
 
 class UserSettings(models.Model):

@@ -10,6 +10,7 @@ ROLES = {
         "confirm_duplicate_retry",
         "view_retryattempt",
         "mark_handled",
+        "reconcile_retry",
     ],
 }
 

@@ -30,9 +30,9 @@ from django.utils import timezone
 from django_tasks import TaskContext, TaskResultStatus, task
 from django_tasks_db.models import DBTaskResult
 
-from . import snapshots, status
+from . import compare, snapshots, status
 from .energycap import EnergyCapError
-from .models import FollowState, Outcome, RetryAttempt, UserSettings
+from .models import CompareState, FollowState, Outcome, RetryAttempt, UserSettings
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +217,10 @@ def adopt_lost_followers(*, exclude: int | None = None, limit: int = 20) -> int:
 
 @task()
 def notify_requester(retry_id: int, attempt_number: int = 1) -> str:
-    """Email the requester that the new import ended, once per retry."""
+    """Compare the kickouts before and after (kickouts/compare.py), then email the requester
+    that the new import ended and what it fixed, once per retry."""
     now = timezone.now()
+    _compare(retry_id)
     claimed = RetryAttempt.objects.filter(pk=retry_id, notified_at__isnull=True).update(
         notified_at=now
     )
@@ -250,6 +252,17 @@ def notify_requester(retry_id: int, attempt_number: int = 1) -> str:
     return note
 
 
+def _compare(retry_id: int) -> None:
+    """Before the email: what the new import fixed. Never stops the email."""
+    attempt = RetryAttempt.objects.select_related("requested_by").filter(pk=retry_id).first()
+    if attempt is None:
+        return
+    try:
+        compare.compare_retry(attempt)
+    except Exception:  # noqa: BLE001 - the requester is told of the end all the same
+        logger.exception("Retry #%s: the kickouts could not be compared", retry_id)
+
+
 def retry_ended_email(attempt: RetryAttempt) -> tuple[str, str]:
     """The subject and text body telling the requester how the new import ended."""
     context = {
@@ -269,6 +282,8 @@ def retry_ended_email(attempt: RetryAttempt) -> tuple[str, str]:
             )
         ),
     }
+    if attempt.compare_state == CompareState.COMPARED:
+        context["groups"] = compare.by_message(attempt.compare_rows)
     subject = render_to_string("kickouts/email/retry_ended_subject.txt", context)
     body = render_to_string("kickouts/email/retry_ended.txt", context)
     return " ".join(subject.split()), body

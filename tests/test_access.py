@@ -62,6 +62,11 @@ EXPECTED: dict[str, dict[str, dict[str, int]] | str] = {
     "mark_handled": {"POST": MARKERS},
     "mark_many_handled": {"POST": MARKERS},
     "reopen": {"POST": MARKERS},
+    # Only a supervisor settles an "outcome unknown" retry; the matrix's POST records nothing
+    # (no decision chosen) and sends them back to the retry page.
+    "reconcile_retry": {
+        "POST": {"outsider": 403, "clerk": 403, "other_clerk": 403, "supervisor": 302}
+    },
     "user_settings": {
         "GET": EVERYONE,
         "HTMX": EVERYONE,

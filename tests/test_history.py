@@ -199,7 +199,7 @@ def test_the_table_has_a_caption_and_scoped_headers_and_the_filters_have_labels(
     retry(clerk)
     body = supervisor_client.get(HISTORY).content.decode()
     assert "<caption>Retries, newest first</caption>" in body
-    assert body.count('<th scope="col">') == 7 and '<th scope="row">' in body
+    assert body.count('<th scope="col">') == 8 and '<th scope="row">' in body
     for name in ("user", "date_from", "date_to", "outcome", "final_status", "batch_mode", "q"):
         assert f'<label for="id_{name}">' in body, name
     assert 'aria-describedby="id_q_helptext"' in body and 'id="id_q_helptext"' in body
@@ -343,7 +343,7 @@ def test_filter_by_final_status_or_still_running(supervisor_client, clerk):
     response = supervisor_client.get(HISTORY, {"final_status": "Failed"})
     assert shown(response) == [failed.pk]
     choices = [value for value, _ in response.context["form"].fields["final_status"].choices]
-    assert choices == ["", "running", "Completed", "Failed"]
+    assert choices == ["", "running", "still_kicking_out", "Completed", "Failed"]
     assert shown(supervisor_client.get(HISTORY, {"final_status": "Completed"})) == [completed.pk]
     assert shown(supervisor_client.get(HISTORY, {"final_status": "running"})) == [running.pk]
 
@@ -543,7 +543,7 @@ def test_the_csv_has_a_header_and_utc_times(supervisor_client, clerk, settings):
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert response["Content-Disposition"].startswith('attachment; filename="retry-history-')
     header, row = csv_rows(response)
-    assert header == [
+    assert header[:12] == [
         "id",
         "requested_at_utc",
         "requested_by",
@@ -557,7 +557,19 @@ def test_the_csv_has_a_header_and_utc_times(supervisor_client, clerk, settings):
         "new_task_end_utc",
         "import_note",
     ]
-    assert row == [
+    assert header[12:] == [
+        "rows_before",
+        "rows_fixed",
+        "rows_still_kicked_out",
+        "rows_new",
+        "compared",
+        "reconciled",
+        "reconciled_by",
+        "reconciled_at_utc",
+        "reconciled_note",
+    ]
+    assert row[12:] == [""] * 9  # never compared, never reconciled
+    assert row[:12] == [
         str(done.pk),
         "2026-11-20T09:12:31Z",
         "carla",

@@ -624,7 +624,8 @@ class SandboxState:
         else:
             ends_at = begin + timedelta(seconds=90)
         still_running = ends_at is None or ends_at > now
-        default_status = COMPLETED_WITH_KICKOUTS if messages else COMPLETED
+        stated = "kickoutRows" in props and bool(_get(props, "kickoutRows", list, []))
+        default_status = COMPLETED_WITH_KICKOUTS if messages or stated else COMPLETED
         status = _get(props, "status", str, PROCESSING if ends_at is None else default_status)
         batch_id = props.get("batchId")
         if batch_id is not None and (not _is_int(batch_id) or batch_id not in self.batches):
@@ -639,6 +640,9 @@ class SandboxState:
         file_name = _get(props, "fileName", str, "Sandbox_import.xlsx")
         generator = _Seeder(self, now)
         kickouts = generator.kickout_rows(messages, rows_per_message, "CONED")
+        if "kickoutRows" in props:
+            # Rows stated exactly (tests comparing two imports' kickouts row by row).
+            kickouts = _stated_rows(_get(props, "kickoutRows", list, []))
         success = _get(props, "currentSuccessCount", int, 25)
         task = Task(
             task_id=_get(props, "taskId", int, 0) or self._take_task_id(),
@@ -1030,6 +1034,32 @@ class _Seeder:
         for task in self.state.tasks.values():
             if task.outcome.kickouts and task.batch_id is not None:
                 self.state.batches[task.batch_id].has_imports_with_kickout = True
+
+
+def _stated_rows(rows: list[Any]) -> list[KickoutRow]:
+    """``kickoutRows``: dicts with message, accountCode, meterCode, billStart, billEnd."""
+    stated = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("message"), str):
+            raise ControlError("each of kickoutRows must be an object with a message")
+        try:
+            start = date.fromisoformat(row.get("billStart", "2026-01-01"))
+            end = date.fromisoformat(row.get("billEnd", "2026-01-31"))
+        except (TypeError, ValueError):
+            raise ControlError("billStart and billEnd must be ISO dates") from None
+        stated.append(
+            KickoutRow(
+                message=row["message"],
+                row_number=index + 2,
+                account_code=str(row.get("accountCode", "")),
+                meter_code=str(row.get("meterCode", "")),
+                vendor_code=str(row.get("vendorCode", "CONED")),
+                bill_start=start,
+                bill_end=end,
+                total_cost=float(row.get("totalCost", 100.0)),
+            )
+        )
+    return stated
 
 
 def _is_int(value: Any) -> bool:

@@ -32,6 +32,14 @@ PAGE_COLUMNS = (
     "new_task_guid",
     "new_task_status",
     "new_task_finished",
+    "compare_state",
+    "before_count",
+    "fixed_count",
+    "reconciled",
+    "reconciled_at",
+    "reconciled_by__username",
+    "reconciled_by__first_name",
+    "reconciled_by__last_name",
 )
 # (CSV column, database value), so the header and the values cannot drift apart.
 CSV_COLUMNS = (
@@ -47,6 +55,15 @@ CSV_COLUMNS = (
     ("new_task_status", "new_task_status"),
     ("new_task_end_utc", "new_task_end_date"),
     ("import_note", "import_note"),
+    ("rows_before", "before_count"),
+    ("rows_fixed", "fixed_count"),
+    ("rows_still_kicked_out", "still_count"),
+    ("rows_new", "new_count"),
+    ("compared", "compare_state"),
+    ("reconciled", "reconciled"),
+    ("reconciled_by", "reconciled_by__username"),
+    ("reconciled_at_utc", "reconciled_at"),
+    ("reconciled_note", "reconciled_note"),
 )
 CSV_CHUNK_ROWS = 2000
 CSV_PIECE_ROWS = 500
@@ -81,7 +98,9 @@ def history(request: HtmxHttpRequest) -> HttpResponse:
         before, after = form.cleaned_data["before"], form.cleaned_data["after"]
         retries = filter_retries(RetryAttempt.objects.visible_to(request.user), form.cleaned_data)
         page = newest_first_page(
-            retries.select_related("requested_by").only(*PAGE_COLUMNS), before=before, after=after
+            retries.select_related("requested_by", "reconciled_by").only(*PAGE_COLUMNS),
+            before=before,
+            after=after,
         )
         context.update(
             page=page,

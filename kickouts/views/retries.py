@@ -183,6 +183,9 @@ def retry_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     }
     context.update(panel_context(request, attempt, watch_started=time.time(), failures=0))
     context["email_note"] = email_note(attempt, request.user)
+    from .reconcile import retry_page_context  # it reads this module's _visible_attempt
+
+    context.update(retry_page_context(attempt))
     return render(request, "kickouts/retry_detail.html", context)
 
 

@@ -1,0 +1,191 @@
+"""Before and after: did a retry fix its kickouts?
+
+When a retry's new task ends, the source import's kickout rows (its snapshot) are compared
+with the new task's: a row is *fixed* when the new task no longer kicks it out (or imported
+everything), *still kicked out* when the new task kicks out the same row (possibly with
+another message), and *new* when the new task kicks out a row the source did not have.
+
+Rows are matched by `row_key` alone: file row numbers change between imports, the bill does
+not. Snapshots are fetched once (kickouts/snapshots.py), so a comparison costs EnergyCAP at
+most two summaries and two grids, and nothing after that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+
+from django.utils import timezone
+
+from . import energycap, snapshots
+from .energycap import EnergyCapError
+from .models import CompareState, RetryAttempt
+from .queue_models import HandledReason, KickoutRow
+
+logger = logging.getLogger(__name__)
+
+FIXED = "fixed"
+STILL = "still"
+NEW = "new"
+CHANGE_LABELS = {FIXED: "fixed", STILL: "still kicked out", NEW: "new"}
+
+RowKey = tuple[str, str, date | None, date | None]
+
+
+def row_key(row: KickoutRow) -> RowKey:
+    """The one definition of "the same row" in two imports: account code, meter code, bill
+    start and end dates (codes compared without case or surrounding spaces)."""
+    return (
+        row.account_code.strip().casefold(),
+        row.meter_code.strip().casefold(),
+        row.bill_start,
+        row.bill_end,
+    )
+
+
+@dataclass
+class Comparison:
+    rows: list[dict] = field(default_factory=list)
+
+    def count(self, change: str) -> int:
+        return sum(1 for row in self.rows if row["change"] == change)
+
+
+def _describe(row: KickoutRow, change: str, message: str, was: str = "") -> dict:
+    return {
+        "change": change,
+        "message": message,
+        "was": was,
+        "account": row.account_code,
+        "meter": row.meter_code,
+        "vendor": row.vendor_code,
+        "start": row.bill_start.isoformat() if row.bill_start else "",
+        "end": row.bill_end.isoformat() if row.bill_end else "",
+    }
+
+
+def compare_rows(before: Iterable[KickoutRow], after: Iterable[KickoutRow]) -> Comparison:
+    """Each source row fixed or still kicked out, and each row only the new task has.
+
+    Rows with the same key are paired in file order, so a bill that appears twice in the
+    source and once in the new task counts once as still kicked out and once as fixed.
+    """
+    waiting: dict[RowKey, list[KickoutRow]] = defaultdict(list)
+    for row in after:
+        waiting[row_key(row)].append(row)
+    result = Comparison()
+    for row in before:
+        matches = waiting.get(row_key(row))
+        if matches:
+            now = matches.pop(0)
+            was = row.message if row.message != now.message else ""
+            result.rows.append(_describe(now, STILL, now.message, was))
+        else:
+            result.rows.append(_describe(row, FIXED, row.message))
+    for rows in waiting.values():
+        result.rows.extend(_describe(row, NEW, row.message) for row in rows)
+    return result
+
+
+def by_message(rows: list[dict]) -> list[dict]:
+    """The compared rows grouped by message (the new message for rows still kicked out),
+    largest group first, each with its counts per change."""
+    groups: dict[str, dict] = {}
+    for row in rows:
+        group = groups.setdefault(
+            row["message"], {"message": row["message"], "rows": [], FIXED: 0, STILL: 0, NEW: 0}
+        )
+        group["rows"].append({**row, "label": CHANGE_LABELS[row["change"]]})
+        group[row["change"]] += 1
+    return sorted(groups.values(), key=lambda g: (-len(g["rows"]), g["message"]))
+
+
+def _ended(status: str) -> str:
+    status = status.strip().lower()
+    if status == "completed with kickouts":
+        return "kickouts"
+    if status == "completed":
+        return "completed"
+    if "fail" in status:
+        return "failed"
+    return "other"
+
+
+def compare_retry(attempt: RetryAttempt) -> str:
+    """Compare once the new task ended, and store the counts and rows on the retry.
+
+    Idempotent: a retry already compared (or whose new task failed) is left as it is; one
+    whose comparison failed (EnergyCAP did not answer) is tried again.
+    """
+    attempt.refresh_from_db()
+    if attempt.compare_state in (CompareState.COMPARED, CompareState.NEW_TASK_FAILED):
+        return attempt.compare_state
+    if not attempt.new_task_guid or not attempt.new_task_finished:
+        return "not ended"
+    kind = _ended(attempt.new_task_status)
+    if kind == "failed":
+        return _store(attempt, state=CompareState.NEW_TASK_FAILED)
+    if kind == "other":
+        return _store(
+            attempt,
+            state=CompareState.ERROR,
+            error=(
+                f"EnergyCAP's status “{attempt.new_task_status}” is not one the dashboard "
+                "compares (only “Completed” and “Completed with kickouts”)."
+            ),
+        )
+    api = energycap.client()
+    try:
+        source = snapshots.ensure_snapshot(api.get_task(attempt.source_task_guid))
+        if source is None:
+            raise EnergyCapError("The source import's kickouts could not be stored.")
+        after: list[KickoutRow] = []
+        if kind == "kickouts":
+            new = snapshots.ensure_snapshot(api.get_task(attempt.new_task_guid))
+            if new is None:
+                raise EnergyCapError("The new import's kickouts could not be stored.")
+            after = list(new.rows.order_by("position"))
+    except EnergyCapError as exc:
+        logger.warning("Retry #%s not compared: %s", attempt.pk, exc.message)
+        return _store(attempt, state=CompareState.ERROR, error=exc.message)
+    # The queue follows: rows still kicked out are in the new import's snapshot (open);
+    # the source leaves the queue as re-imported, if nobody marked it yet.
+    if not source.is_handled:
+        source.mark_handled(
+            user=attempt.requested_by,
+            reason=HandledReason.REIMPORTED,
+            note=f"Re-imported by retry #{attempt.pk}.",
+        )
+    result = compare_rows(source.rows.order_by("position"), after)
+    return _store(attempt, state=CompareState.COMPARED, result=result)
+
+
+def _store(
+    attempt: RetryAttempt, *, state: str, result: Comparison | None = None, error: str = ""
+) -> str:
+    values = {
+        "compare_state": state,
+        "compared_at": timezone.now(),
+        "compare_error": error[:2000],
+        "compare_rows": result.rows if result else [],
+        "before_count": None,
+        "fixed_count": None,
+        "still_count": None,
+        "new_count": None,
+    }
+    if result is not None:
+        values.update(
+            before_count=result.count(FIXED) + result.count(STILL),
+            fixed_count=result.count(FIXED),
+            still_count=result.count(STILL),
+            new_count=result.count(NEW),
+        )
+    RetryAttempt.objects.filter(
+        pk=attempt.pk, compare_state__in=[CompareState.NOT_COMPARED, CompareState.ERROR]
+    ).update(**values)
+    for name, value in values.items():
+        setattr(attempt, name, value)
+    return state

@@ -1,0 +1,232 @@
+"""Settling an "outcome unknown" retry from EnergyCAP's own task list.
+
+A re-import is a bill import begun by the API key's user a few seconds after the POST, so the
+candidates are the bill imports that user began between one minute before the POST and fifteen
+minutes after it. The dashboard only lists them (marking a single one "likely"); a supervisor
+decides: *linked* (this task is the re-import: the retry becomes submitted and is followed and
+compared like any other) or *nothing was imported* (the task may be retried again without the
+duplicate confirmation). Every decision and its reversal is kept as a `ReconcileDecision`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import energycap
+from .models import (
+    CompareState,
+    FollowState,
+    Outcome,
+    Reconciled,
+    ReconcileDecision,
+    RetryAttempt,
+)
+from .payloads import Task
+from .queue_models import HandledReason, ImportSnapshot
+
+BEFORE_POST = timedelta(minutes=1)
+AFTER_POST = timedelta(minutes=15)
+MAX_CANDIDATES = 100
+
+
+class ReconcileError(Exception):
+    """The decision cannot be made (or reversed) as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    task: Task
+    likely: bool
+    # Another retry already linked to (or submitted with) this task.
+    taken_by: int | None
+
+
+def window(attempt: RetryAttempt):
+    """When the re-import could have begun: around the POST (or the request, if never sent)."""
+    sent = attempt.sent_at or attempt.requested_at
+    return sent - BEFORE_POST, sent + AFTER_POST
+
+
+def _energycap_time(moment) -> str:
+    # EnergyCAP reads offset-less dates in its own zone (settings.ENERGYCAP_TIME_ZONE).
+    zone = ZoneInfo(settings.ENERGYCAP_TIME_ZONE)
+    return moment.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def candidates(attempt: RetryAttempt) -> list[Candidate]:
+    """The bill imports the key's user began in the window, oldest first.
+
+    Raises the client's `EnergyCapError` when EnergyCAP could not be asked.
+    """
+    from .retries import api_user  # retries imports the follower, which imports this module
+
+    api = energycap.client()
+    start, end = window(attempt)
+    clauses = [
+        ("beginDate", "between", [_energycap_time(start), _energycap_time(end)]),
+        ("fullName", "equals", api_user(api).full_name),
+    ]
+    page = api.list_bill_import_tasks(filter_clauses=clauses, page_size=MAX_CANDIDATES)
+    tasks = sorted(
+        (t for t in page.items if t.guid != attempt.source_task_guid),
+        key=lambda t: (t.begin_date is None, t.begin_date),
+    )
+    taken = dict(
+        RetryAttempt.objects.filter(new_task_guid__in=[t.guid for t in tasks])
+        .exclude(pk=attempt.pk)
+        .values_list("new_task_guid", "pk")
+    )
+    free = [t for t in tasks if t.guid not in taken]
+    return [
+        Candidate(task=t, likely=len(free) == 1 and t.guid not in taken, taken_by=taken.get(t.guid))
+        for t in tasks
+    ]
+
+
+def _decide(attempt: RetryAttempt, *, user, decision: str, note: str, task: Task | None = None):
+    ReconcileDecision.objects.create(
+        retry=attempt,
+        decided_by=user,
+        decision=decision,
+        task_guid=task.guid if task else "",
+        task_id=task.task_id if task else None,
+        note=note,
+    )
+
+
+def _locked_unknown(pk: int) -> RetryAttempt:
+    attempt = RetryAttempt.objects.select_for_update().get(pk=pk)
+    if attempt.outcome != Outcome.UNKNOWN or attempt.reconciled:
+        raise ReconcileError(
+            "This retry is no longer “outcome unknown”: someone decided meanwhile. "
+            "Reload the page to see the decision."
+        )
+    return attempt
+
+
+def link(attempt: RetryAttempt, *, user, task_guid: str, note: str = "") -> RetryAttempt:
+    """ "This is the re-import": the retry becomes submitted with that task and is followed."""
+    from .tasks import start_following
+
+    chosen = next((c for c in candidates(attempt) if c.task.guid == task_guid.lower()), None)
+    if chosen is None:
+        raise ReconcileError("That task is not one of this retry's candidates any more.")
+    if chosen.taken_by is not None:
+        raise ReconcileError(f"That task is already the new task of retry #{chosen.taken_by}.")
+    with transaction.atomic():
+        locked = _locked_unknown(attempt.pk)
+        locked.outcome = Outcome.SUBMITTED
+        locked.new_task_guid = chosen.task.guid
+        locked.reconciled = Reconciled.LINKED
+        locked.reconciled_by = user
+        locked.reconciled_at = timezone.now()
+        locked.reconciled_note = note
+        locked.save(
+            update_fields=[
+                "outcome",
+                "new_task_guid",
+                "reconciled",
+                "reconciled_by",
+                "reconciled_at",
+                "reconciled_note",
+            ]
+        )
+        _decide(locked, user=user, decision=Reconciled.LINKED, note=note, task=chosen.task)
+        # The source import leaves the kickout queue as re-imported, as at a submit.
+        source = ImportSnapshot.objects.filter(task_guid=locked.source_task_guid).first()
+        if source is not None and not source.is_handled:
+            source.mark_handled(
+                user=user,
+                reason=HandledReason.REIMPORTED,
+                note=f"Re-import found in EnergyCAP's task list for retry #{locked.pk}.",
+            )
+        transaction.on_commit(partial(start_following, locked.pk))
+    return locked
+
+
+def none_started(attempt: RetryAttempt, *, user, note: str = "") -> RetryAttempt:
+    """ "Nothing was imported": the task is free to retry without the duplicate confirmation."""
+    with transaction.atomic():
+        locked = _locked_unknown(attempt.pk)
+        locked.outcome = Outcome.NONE_IMPORTED
+        locked.reconciled = Reconciled.NONE_STARTED
+        locked.reconciled_by = user
+        locked.reconciled_at = timezone.now()
+        locked.reconciled_note = note
+        locked.save(
+            update_fields=[
+                "outcome",
+                "reconciled",
+                "reconciled_by",
+                "reconciled_at",
+                "reconciled_note",
+            ]
+        )
+        _decide(locked, user=user, decision=Reconciled.NONE_STARTED, note=note)
+    return locked
+
+
+# Fields a linked retry gained from following its task, cleared when the link is reversed.
+_FOLLOWED_FIELDS = {
+    "new_task_guid": "",
+    "new_task_status": "",
+    "new_task_finished": False,
+    "new_task_begin_date": None,
+    "new_task_end_date": None,
+    "new_task_success_count": None,
+    "new_task_analyzing_count": None,
+    "new_task_flag_count": None,
+    "new_task_batch_code": "",
+    "new_task_message": "",
+    "new_task_checked_at": None,
+    "new_task_batch_id": None,
+    "follow_state": FollowState.NOT_FOLLOWED,
+    "follower_task_id": "",
+    "follow_next_at": None,
+    "follow_lease_until": None,
+    "follow_busy_until": None,
+    "compare_state": CompareState.NOT_COMPARED,
+    "compared_at": None,
+    "compare_error": "",
+    "before_count": None,
+    "fixed_count": None,
+    "still_count": None,
+    "new_count": None,
+    "compare_rows": [],
+    "notified_at": None,
+    "notification": "",
+}
+
+
+def reverse(attempt: RetryAttempt, *, user, note: str = "") -> RetryAttempt:
+    """Undo the decision: the retry is "outcome unknown" again, as EnergyCAP left it."""
+    try:
+        with transaction.atomic():
+            locked = RetryAttempt.objects.select_for_update().get(pk=attempt.pk)
+            if not locked.reconciled:
+                raise ReconcileError("There is no decision to reverse.")
+            values: dict = {
+                "outcome": Outcome.UNKNOWN,
+                "reconciled": Reconciled.UNDECIDED,
+                "reconciled_by": None,
+                "reconciled_at": None,
+                "reconciled_note": "",
+            }
+            if locked.reconciled == Reconciled.LINKED:
+                values.update(_FOLLOWED_FIELDS)
+            RetryAttempt.objects.filter(pk=locked.pk).update(**values)
+            _decide(locked, user=user, decision=Reconciled.UNDECIDED, note=note)
+    except IntegrityError:
+        raise ReconcileError(
+            "The task was retried again since nothing was recorded as imported; that retry "
+            "holds its place now, so this decision cannot be reversed."
+        ) from None
+    locked.refresh_from_db()
+    return locked
