@@ -1,0 +1,272 @@
+"""Before and after: a retry's source kickouts compared with its new task's, over real HTTP.
+
+The sandbox holds imports whose kickout rows the tests state exactly (`kickout_rows`), so
+each kind of change is made on purpose; the comparison itself fetches them like any import.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+import pytest
+from django.core import mail
+from django.urls import reverse
+
+from kickouts import compare
+from kickouts.models import CompareState, FollowState, ImportSnapshot, Outcome, RetryAttempt
+from kickouts.queue_models import HandledReason
+from kickouts.sandbox.state import COMPLETED_TASK_GUID, FAILED_TASK_GUID, KICKOUT_TASK_GUID
+from kickouts.tasks import notify_requester, retry_ended_email
+
+from . import test_worker
+from .factories import make_retry
+from .retry_helpers import post_retry
+from .test_worker import body_of, sent_emails, wait_for
+
+# The real worker's fixtures (tests/test_worker.py), for the test that runs one.
+mail_dir = test_worker.mail_dir
+start_worker = test_worker.start_worker
+
+
+def row(message: str, account: str, meter: str = "MTR-1", start="2026-10-01", end="2026-10-31"):
+    return {
+        "message": message,
+        "accountCode": account,
+        "meterCode": meter,
+        "billStart": start,
+        "billEnd": end,
+    }
+
+
+def stated_import(sandbox, rows: list[dict], **props) -> str:
+    """A bill import in the sandbox, ended "Completed with kickouts" with exactly these rows."""
+    return sandbox.add_task(kickout_rows=rows, **props)["taskGUId"].lower()
+
+
+def ended_retry(user, source: str, new: str, status: str = "Completed with kickouts", **fields):
+    """A retry whose new task the follower saw end with `status`."""
+    values = {
+        "source_task_id": 47223,
+        "new_task_guid": new,
+        "new_task_status": status,
+        "new_task_finished": True,
+        "follow_state": FollowState.ENDED,
+    }
+    return make_retry(user, source_task_guid=source, **{**values, **fields})
+
+
+@pytest.fixture
+def mixed(clerk, sandbox) -> RetryAttempt:
+    """Source rows A (fixed), B (still, same message), C (still, another message); the new
+    task kicks out B and C in another order, and E, a row the source did not have."""
+    source = stated_import(
+        sandbox,
+        [
+            row("Account not found", "ACCT-A"),
+            row("Account not found", "ACCT-B"),
+            row("Meter not found", "ACCT-C"),
+        ],
+    )
+    new = stated_import(
+        sandbox,
+        [
+            row("Bill overlaps an existing bill", "acct-c "),  # case and spaces do not matter
+            row("Account not found", "ACCT-B"),
+            row("Account not found", "ACCT-E"),
+        ],
+    )
+    return ended_retry(clerk, source, new)
+
+
+def test_each_source_row_is_fixed_or_still_kicked_out_and_rows_only_in_the_new_task_are_new(
+    mixed,
+):
+    """A left, B and C stayed (row numbers changed), E appeared: 1 of 3 fixed, 2 still, 1 new."""
+    assert compare.compare_retry(mixed) == CompareState.COMPARED
+    mixed.refresh_from_db()
+    assert (mixed.before_count, mixed.fixed_count, mixed.still_count, mixed.new_count) == (
+        3,
+        1,
+        2,
+        1,
+    )
+    changes = {(r["account"].strip().upper(), r["change"]) for r in mixed.compare_rows}
+    assert changes == {
+        ("ACCT-A", "fixed"),
+        ("ACCT-B", "still"),
+        ("ACCT-C", "still"),
+        ("ACCT-E", "new"),
+    }
+    assert mixed.fixed_label == "1 of 3"
+
+
+def test_a_row_that_differs_only_in_its_message_is_still_kicked_out_and_says_what_it_was(
+    clerk, sandbox
+):
+    """Same account, meter and dates, another message: still kicked out, not fixed + new."""
+    source = stated_import(sandbox, [row("Account not found", "ACCT-1")])
+    new = stated_import(sandbox, [row("Meter not found", "ACCT-1")])
+    attempt = ended_retry(clerk, source, new)
+    compare.compare_retry(attempt)
+    [only] = attempt.compare_rows
+    assert (only["change"], only["message"], only["was"]) == (
+        "still",
+        "Meter not found",
+        "Account not found",
+    )
+    assert (attempt.fixed_count, attempt.still_count, attempt.new_count) == (0, 1, 0)
+
+
+def test_another_bill_period_of_the_same_meter_is_another_row(clerk, sandbox):
+    """The key has the bill dates: a different end date is one row fixed and one new."""
+    source = stated_import(sandbox, [row("Account not found", "ACCT-1", end="2026-10-31")])
+    new = stated_import(sandbox, [row("Account not found", "ACCT-1", end="2026-10-30")])
+    attempt = ended_retry(clerk, source, new)
+    compare.compare_retry(attempt)
+    assert (attempt.fixed_count, attempt.still_count, attempt.new_count) == (1, 0, 1)
+
+
+def test_a_completed_new_task_fixed_every_row_without_asking_for_its_kickouts(clerk, sandbox):
+    """ "Completed": all 12 source rows fixed; only the source's kickouts are fetched."""
+    attempt = ended_retry(clerk, KICKOUT_TASK_GUID, COMPLETED_TASK_GUID, status="Completed")
+    compare.compare_retry(attempt)
+    assert attempt.fixed_label == "12 of 12"
+    assert (attempt.still_count, attempt.new_count) == (0, 0)
+    asked = {e["path"] for e in sandbox.log("kickout_summary") + sandbox.log("kickout_detail")}
+    assert asked and all(KICKOUT_TASK_GUID in path for path in asked)
+
+
+def test_a_failed_new_task_says_so_and_compares_nothing(clerk, clerk_client, sandbox):
+    """ "Failed": no kickouts fetched, no counts; the page, history and email say it failed."""
+    attempt = ended_retry(clerk, KICKOUT_TASK_GUID, FAILED_TASK_GUID, status="Failed")
+    assert compare.compare_retry(attempt) == CompareState.NEW_TASK_FAILED
+    assert sandbox.count("kickout_summary") == sandbox.count("kickout_detail") == 0
+    assert attempt.before_count is None and attempt.fixed_label == ""
+    page = clerk_client.get(attempt.get_absolute_url()).content.decode()
+    assert "The new import failed, so nothing was compared" in page
+    history = clerk_client.get(reverse("history")).content.decode()
+    assert '<span class="muted">failed</span>' in history
+    _, body = retry_ended_email(attempt)
+    assert "The new import failed, so nothing was compared" in body
+
+
+def test_comparing_twice_fetches_nothing_more(mixed, sandbox):
+    """The snapshots are stored once: a second comparison costs EnergyCAP nothing."""
+    compare.compare_retry(mixed)
+    before = len(sandbox.log())
+    compare.compare_retry(mixed)
+    assert len(sandbox.log()) == before
+
+
+def test_the_queue_keeps_the_rows_still_kicked_out_under_the_new_task(mixed):
+    """The new import's rows are in the queue (open); the source left it as re-imported."""
+    compare.compare_retry(mixed)
+    new = ImportSnapshot.objects.get(task_guid=mixed.new_task_guid)
+    assert not new.is_handled
+    assert new.rows.count() == 3
+    source = ImportSnapshot.objects.get(task_guid=mixed.source_task_guid)
+    assert source.handled_reason == HandledReason.REIMPORTED
+    assert source.handled_note == f"Re-imported by retry #{mixed.pk}."
+
+
+def test_the_retry_page_shows_the_counts_and_the_rows_grouped_by_message(mixed, clerk_client):
+    """Counts first, then one group per message with each row's change (and former message)."""
+    compare.compare_retry(mixed)
+    page = clerk_client.get(mixed.get_absolute_url())
+    text = " ".join(page.content.decode().split())
+    assert "<strong>1 of 3</strong> kicked-out rows fixed, <strong>2</strong> still" in text
+    groups = page.context["compare_groups"]
+    assert [(g["message"], g["fixed"], g["still"], g["new"]) for g in groups] == [
+        ("Account not found", 1, 1, 1),
+        ("Bill overlaps an existing bill", 0, 1, 0),
+    ]
+    assert "(was: Meter not found)" in text
+
+
+def test_history_has_a_fixed_column_a_still_kicking_out_filter_and_the_counts_in_its_csv(
+    mixed, clerk, supervisor_client
+):
+    """ "1 of 3" in the row; the filter keeps only retries that left rows; the CSV has counts."""
+    compare.compare_retry(mixed)
+    all_fixed = ended_retry(clerk, KICKOUT_TASK_GUID, COMPLETED_TASK_GUID, status="Completed")
+    compare.compare_retry(all_fixed)
+    never = make_retry(clerk, outcome=Outcome.REJECTED)
+
+    page = supervisor_client.get(reverse("history"))
+    assert [r.pk for r in page.context["page"].retries] == [never.pk, all_fixed.pk, mixed.pk]
+    assert "1 of 3" in page.content.decode() and "12 of 12" in page.content.decode()
+    still = supervisor_client.get(reverse("history"), {"final_status": "still_kicking_out"})
+    assert [r.pk for r in still.context["page"].retries] == [mixed.pk]
+
+    response = supervisor_client.get(reverse("history_csv"), {"final_status": "still_kicking_out"})
+    text = b"".join(response.streaming_content).decode("utf-8-sig")
+    header, line = list(csv.reader(io.StringIO(text)))
+    values = dict(zip(header, line, strict=True))
+    assert (values["rows_before"], values["rows_fixed"], values["rows_still_kicked_out"]) == (
+        "3",
+        "1",
+        "2",
+    )
+    assert (values["rows_new"], values["compared"]) == ("1", "compared")
+
+
+def test_the_email_tells_the_requester_what_was_fixed_and_what_is_still_kicked_out(
+    mixed, clerk, sandbox
+):
+    """The worker's email step compares first, so the email can say what the retry achieved."""
+    clerk.email = "carla@example.com"
+    clerk.save()
+    assert notify_requester.call(mixed.pk) == "Emailed to carla@example.com."
+    [message] = mail.outbox
+    assert (
+        "Before and after: 1 of 3 kicked-out rows fixed, 2 still kicked out, 1 new." in message.body
+    )
+    assert "- Account not found: 1 still kicked out, 1 new" in message.body
+    assert "- Bill overlaps an existing bill: 1 still kicked out" in message.body
+
+
+def test_each_step_of_the_retry_chain_shows_how_many_rows_were_left(
+    mixed, clerk, clerk_client, sandbox
+):
+    """Retry of the source, then a retry of its new task: each step says its rows left."""
+    compare.compare_retry(mixed)
+    final = stated_import(sandbox, [row("Account not found", "ACCT-E")])
+    second = ended_retry(clerk, mixed.new_task_guid, final, parent=mixed)
+    compare.compare_retry(second)
+    page = " ".join(clerk_client.get(second.get_absolute_url()).content.decode().split())
+    assert f"retry #{mixed.pk}</a> by Carla Clerk (Submitted: 3 rows left of 3)" in page
+    chain = " ".join(clerk_client.get(mixed.get_absolute_url()).content.decode().split())
+    assert "— 3 rows left of 3" in chain and "— 1 row left of 3" in chain
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_follows_the_end_compares_and_emails_what_was_fixed(
+    clerk, clerk_client, sandbox, start_worker, mail_dir
+):
+    """db_worker: the new import ends with fewer kickouts; the record and email say which."""
+    clerk.email = "carla@example.com"
+    clerk.save()
+    sandbox.reset(task_seconds=2)
+    sandbox.configure(next_outcomes=["Completed with kickouts"])
+    post_retry(
+        clerk_client, KICKOUT_TASK_GUID, action="send", batch_mode="new self-contained batch"
+    )
+    attempt = RetryAttempt.objects.get()
+    assert attempt.follow_state == FollowState.FOLLOWING
+    worker = start_worker()
+    wait_for(lambda: sent_emails(mail_dir), "the email", [worker])
+    attempt.refresh_from_db()
+    assert attempt.compare_state == CompareState.COMPARED
+    assert attempt.before_count == 12 and attempt.new_count == 0
+    assert 0 < attempt.still_count < 12 and attempt.fixed_count == 12 - attempt.still_count
+    time.sleep(1)  # time for a second email, if one were coming
+    [message] = sent_emails(mail_dir)
+    assert (
+        f"Before and after: {attempt.fixed_count} of 12 kicked-out rows fixed, "
+        f"{attempt.still_count} still kicked out, 0 new." in body_of(message)
+    )
+    # The queue follows: the new import's rows are open, the source is re-imported.
+    assert not ImportSnapshot.objects.get(task_guid=attempt.new_task_guid).is_handled
+    assert ImportSnapshot.objects.get(task_guid=KICKOUT_TASK_GUID).is_handled
