@@ -163,6 +163,14 @@ def compare_retry(attempt: RetryAttempt) -> str:
     return _store(attempt, state=CompareState.COMPARED, result=result)
 
 
+def worth_trying_again(attempt: RetryAttempt) -> bool:
+    """A failed comparison of an ended "Completed …" task: EnergyCAP may answer later."""
+    return attempt.compare_state == CompareState.ERROR and _ended(attempt.new_task_status) in (
+        "kickouts",
+        "completed",
+    )
+
+
 def _store(
     attempt: RetryAttempt, *, state: str, result: Comparison | None = None, error: str = ""
 ) -> str:

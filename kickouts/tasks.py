@@ -47,6 +47,9 @@ FOLLOW_MAX_DELAY_SECONDS = 900
 # How often one retry may get a rescue step while its follower seems lost.
 RESCUE_EVERY_SECONDS = 60
 EMAIL_ATTEMPTS = 5
+# A comparison EnergyCAP did not answer is tried again this often, later each time.
+COMPARE_ATTEMPTS = 4
+COMPARE_AGAIN_AFTER = timedelta(minutes=5)
 
 
 def follow_delay(age: timedelta, failures: int) -> float:
@@ -252,15 +255,38 @@ def notify_requester(retry_id: int, attempt_number: int = 1) -> str:
     return note
 
 
-def _compare(retry_id: int) -> None:
-    """Before the email: what the new import fixed. Never stops the email."""
+def _compare(retry_id: int) -> str:
+    """Before the email: what the new import fixed. Never stops the email; when EnergyCAP
+    did not answer, a later step tries again (`compare_kickouts`)."""
     attempt = RetryAttempt.objects.select_related("requested_by").filter(pk=retry_id).first()
     if attempt is None:
-        return
+        return "no such retry"
     try:
-        compare.compare_retry(attempt)
+        state = compare.compare_retry(attempt)
     except Exception:  # noqa: BLE001 - the requester is told of the end all the same
         logger.exception("Retry #%s: the kickouts could not be compared", retry_id)
+        return "not compared"
+    if state == CompareState.ERROR and compare.worth_trying_again(attempt):
+        compare_kickouts.using(run_after=timezone.now() + COMPARE_AGAIN_AFTER).enqueue(retry_id, 2)
+    return state
+
+
+@task()
+def compare_kickouts(retry_id: int, attempt_number: int = 1) -> str:
+    """Compare again after EnergyCAP failed to answer, a few times, minutes apart."""
+    attempt = RetryAttempt.objects.select_related("requested_by").filter(pk=retry_id).first()
+    if attempt is None:
+        return "no such retry"
+    state = compare.compare_retry(attempt)
+    if (
+        state == CompareState.ERROR
+        and compare.worth_trying_again(attempt)
+        and attempt_number < COMPARE_ATTEMPTS
+    ):
+        compare_kickouts.using(
+            run_after=timezone.now() + COMPARE_AGAIN_AFTER * attempt_number
+        ).enqueue(retry_id, attempt_number + 1)
+    return state
 
 
 def retry_ended_email(attempt: RetryAttempt) -> tuple[str, str]:

@@ -9,16 +9,19 @@ from __future__ import annotations
 import csv
 import io
 import time
+from datetime import timedelta
 
 import pytest
 from django.core import mail
 from django.urls import reverse
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
 
 from kickouts import compare
 from kickouts.models import CompareState, FollowState, ImportSnapshot, Outcome, RetryAttempt
 from kickouts.queue_models import HandledReason
 from kickouts.sandbox.state import COMPLETED_TASK_GUID, FAILED_TASK_GUID, KICKOUT_TASK_GUID
-from kickouts.tasks import notify_requester, retry_ended_email
+from kickouts.tasks import compare_kickouts, notify_requester, retry_ended_email
 
 from . import test_worker
 from .factories import make_retry
@@ -270,3 +273,20 @@ def test_a_real_worker_follows_the_end_compares_and_emails_what_was_fixed(
     # The queue follows: the new import's rows are open, the source is re-imported.
     assert not ImportSnapshot.objects.get(task_guid=attempt.new_task_guid).is_handled
     assert ImportSnapshot.objects.get(task_guid=KICKOUT_TASK_GUID).is_handled
+
+
+def test_a_comparison_energycap_did_not_answer_is_tried_again_minutes_later(mixed, clerk, sandbox):
+    """The email goes out saying so; a compare step queued five minutes on compares."""
+    clerk.email = "carla@example.com"
+    clerk.save()
+    sandbox.fault("kickout_summary", {"status": 404})
+    notify_requester.call(mixed.pk)
+    mixed.refresh_from_db()
+    assert mixed.compare_state == CompareState.ERROR
+    [message] = mail.outbox
+    assert "The kickouts before and after could not be compared:" in message.body
+    [step] = DBTaskResult.objects.filter(task_path="kickouts.tasks.compare_kickouts")
+    assert step.run_after > timezone.now() + timedelta(minutes=4)
+    assert compare_kickouts.call(mixed.pk) == CompareState.COMPARED
+    mixed.refresh_from_db()
+    assert mixed.fixed_label == "1 of 3"
