@@ -9,24 +9,31 @@ is one table, `REIMPORT_ANSWERS`.
 Every text that comes back (bodies, error messages, task messages, notes) is
 scrubbed of the key and of every request header's value here, before it is
 parsed, so nothing downstream can show, log or store them.
+
+Independent calls run concurrently with `EnergyCap.at_once`, on a small thread pool of
+the client's own: a page that needs five answers waits about one round trip, not five.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import requests
 from django.conf import settings
+from requests.adapters import HTTPAdapter
 
 from .payloads import (
     BILL_IMPORT,
@@ -44,6 +51,14 @@ logger = logging.getLogger(__name__)
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 MAX_PAGE_SIZE = 1000
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+# Threads per process for `at_once`: a page needs at most five answers at once, and the
+# pool is shared by the server's request threads (calls beyond it wait their turn).
+CONCURRENT_CALLS = 8
+# Kept-alive connections to EnergyCAP: the pool's threads plus the server's request threads,
+# which make one call of each `at_once` and single calls themselves (gunicorn's --threads 8).
+# A connection beyond it still opens, but is closed after its call.
+KEPT_CONNECTIONS = 2 * CONCURRENT_CALLS
+T = TypeVar("T")
 
 
 # --- Errors -----------------------------------------------------------------
@@ -277,6 +292,46 @@ def build_filter(*clauses: tuple[str, str, Any]) -> str:
     return " and ".join(parts)
 
 
+# --- Concurrent calls -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    """One call's result from `EnergyCap.at_once`: its value, or the typed error it raised."""
+
+    value: T | None = None
+    error: EnergyCapError | None = None
+
+    def get(self) -> T:
+        """The value; the call's own typed error is raised here, where its caller reads it."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Answers(dict[str, Answer]):
+    """The answers of one `at_once`, by the names its calls were given."""
+
+    def value(self, name: str, call: Callable[[], T]) -> T:
+        """The named call's value (or its typed error), or `call()` now when it was not made."""
+        answer = self.get(name)
+        return call() if answer is None else answer.get()
+
+
+def _answer(call: Callable[[], T]) -> Answer[T]:
+    try:
+        return Answer(value=call())
+    except EnergyCapError as exc:
+        return Answer(error=exc)
+
+
+_pool_thread = threading.local()
+
+
+def _mark_pool_thread() -> None:
+    _pool_thread.active = True
+
+
 # --- The client -------------------------------------------------------------
 
 
@@ -420,11 +475,53 @@ class EnergyCap:
                 "User-Agent": "kickouts-dashboard",
             }
         )
+        # Enough kept-alive connections for every call that may run at once (requests keeps 10).
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=KEPT_CONNECTIONS)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
         self.scrubber = Scrubber([api_key, *self.session.headers.values()])
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
 
     def __repr__(self) -> str:
         # Never show the key, not even in a traceback's local variables.
         return f"<EnergyCap {self.base_url}>"
+
+    # -- concurrency --
+
+    def at_once(self, **calls: Callable[[], Any]) -> Answers:
+        """Run independent calls of this client concurrently and wait for all of them.
+
+        Each call keeps its own timeouts, retries and scrubbing, and a typed error is that
+        call's answer alone (raised by `Answer.get`). Anything else is a bug and is raised.
+        The calls run on the client's threads, so they may only talk to EnergyCAP: no
+        database or cache. The calling thread makes the first call itself.
+        """
+        if not calls:
+            return Answers()
+        names = list(calls)
+        if len(names) == 1 or getattr(_pool_thread, "active", False):
+            # On a pool thread, waiting for the pool could wait forever: one after another.
+            return Answers({name: _answer(calls[name]) for name in names})
+        pool = self._executor()
+        futures = {name: pool.submit(_answer, calls[name]) for name in names[1:]}
+        answers = Answers({names[0]: _answer(calls[names[0]])})
+        answers.update((name, future.result()) for name, future in futures.items())
+        return answers
+
+    def _executor(self) -> ThreadPoolExecutor:
+        # Made on first use in each process: a forked server worker has none of its
+        # parent's threads.
+        with self._pool_lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = ThreadPoolExecutor(
+                    max_workers=CONCURRENT_CALLS,
+                    thread_name_prefix="energycap",
+                    initializer=_mark_pool_thread,
+                )
+                self._pool_pid = os.getpid()
+            return self._pool
 
     # -- transport --
 

@@ -1,19 +1,22 @@
-"""Submitting a kickout retry: record first, re-check, send once, record the outcome.
+"""Submitting a kickout retry: re-check, record first, send once, record the outcome.
 
-This is the one place that turns a valid `RetryForm` into a POST to EnergyCAP.
+This is the one place that turns a valid `RetryForm` into a POST to EnergyCAP; it also says
+which EnergyCAP calls the form needs (`batch_choice_calls`), so a page makes them at once with
+its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from functools import partial
 
 from django.core.cache import cache
 from django.db import transaction
 
 from . import energycap, snapshots
-from .energycap import EnergyCapError, ReimportAnswer, Verdict
+from .energycap import Answers, EnergyCapError, ReimportAnswer, Verdict
 from .forms import BatchChoices, RetryForm
 from .history_filters import forget_people_with_retries
 from .models import RetryAttempt
@@ -25,24 +28,45 @@ logger = logging.getLogger(__name__)
 API_USER_CACHE_SECONDS = 300
 
 
-def api_user(api: energycap.EnergyCap) -> CurrentUser:
-    """The key's EnergyCAP user, cached: its identity and permissions rarely change."""
-    key = "energycap:me:" + hashlib.sha256(api.base_url.encode()).hexdigest()[:16]
+def _api_user_key(api: energycap.EnergyCap) -> str:
+    return "energycap:me:" + hashlib.sha256(api.base_url.encode()).hexdigest()[:16]
+
+
+def api_user(api: energycap.EnergyCap, answers: Answers | None = None) -> CurrentUser:
+    """The key's EnergyCAP user, cached: its identity and permissions rarely change.
+
+    `answers` may hold it already, as `me` from `batch_choice_calls`.
+    """
+    key = _api_user_key(api)
     user = cache.get(key)
     if user is None:
-        user = api.current_user()
+        user = (answers or Answers()).value("me", api.current_user)
         cache.set(key, user, API_USER_CACHE_SECONDS)
     return user
 
 
-def load_batch_choices(api: energycap.EnergyCap) -> BatchChoices:
-    """The API user and the open and pending batches, in two upstream requests."""
+def batch_choice_calls(api: energycap.EnergyCap) -> dict[str, Callable]:
+    """The calls the retry form needs, for `EnergyCap.at_once` beside the page's others:
+    the open and pending batches, and the key's user unless it is cached."""
+    calls: dict[str, Callable] = {
+        "batches": partial(
+            api.list_batches, filter_clauses=[("batchStatus", "one of", ["Open", "Pending"])]
+        ),
+    }
+    if cache.get(_api_user_key(api)) is None:
+        calls["me"] = api.current_user
+    return calls
+
+
+def load_batch_choices(api: energycap.EnergyCap, answers: Answers | None = None) -> BatchChoices:
+    """The API user and the open and pending batches, from `answers` made with
+    `batch_choice_calls`, or asked now, at once. Raises a call's typed error (the user's
+    first). Smart batch's look-up by code comes later: the code must be valid first."""
+    if answers is None or "batches" not in answers:
+        answers = api.at_once(**batch_choice_calls(api))
+    user = api_user(api, answers)
     return BatchChoices(
-        api_user=api_user(api),
-        batches=api.list_batches(
-            filter_clauses=[("batchStatus", "one of", ["Open", "Pending"])]
-        ).items,
-        find_by_code=api.batches_with_code,
+        api_user=user, batches=answers["batches"].get().items, find_by_code=api.batches_with_code
     )
 
 
@@ -83,8 +107,15 @@ def build_retry_form(data, *, user, task: Task, choices: BatchChoices, initial=N
     )
 
 
-def submit_kickout_retry(*, user, form: RetryForm, task: Task) -> RetryAttempt:
+def submit_kickout_retry(
+    *, user, form: RetryForm, task: Task, rechecked: bool = False
+) -> RetryAttempt:
     """Send a validated retry exactly once and return its record.
+
+    Right before sending, the task is looked at again: someone may have re-imported it in
+    EnergyCAP itself since the form was opened. `rechecked` says the caller fetched `task`
+    in this request, right before (the send step, beside the batches): that is the look, and
+    the task is not fetched twice.
 
     Raises `DuplicateToken` (this form was sent already) and `RetryInFlight`
     (another retry of the task holds the slot) from `RetryAttempt.start`.
@@ -105,13 +136,13 @@ def submit_kickout_retry(*, user, form: RetryForm, task: Task) -> RetryAttempt:
         # This user has a retry now (a refused one is recorded too): the history's
         # "Asked by" list may need them at once, not a minute later.
         forget_people_with_retries()
-    # Right before sending, look at the task again: someone may have re-imported
-    # it in EnergyCAP itself since the form was opened.
-    try:
-        current = api.get_task(task.guid)
-    except EnergyCapError as exc:
-        attempt.mark_not_sent(f"Not sent: the task could not be checked again. {exc.message}")
-        return attempt
+    current = task
+    if not rechecked:
+        try:
+            current = api.get_task(task.guid)
+        except EnergyCapError as exc:
+            attempt.mark_not_sent(f"Not sent: the task could not be checked again. {exc.message}")
+            return attempt
     if not current.can_retry_kickouts:
         attempt.mark_not_sent(
             f"Not sent: the task's status is now “{current.status or 'unknown'}”"

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import partial
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import energycap
-from .energycap import EnergyCapError
+from .energycap import Answers, EnergyCapError
 from .payloads import KickoutGrid, KickoutSummary, Task
 from .queue_models import HandledReason, ImportSnapshot, KickoutRow, SnapshotState
 
@@ -91,12 +92,29 @@ class Fetched:
         return self.exception.message if self.exception else ""
 
 
-def fetch_kickouts(api: energycap.EnergyCap, guid: str) -> Fetched:
-    """The summary and every row of one import: two requests, more only if the grid has no
-    message column (then one detail request per message). Runs in a worker thread."""
+def kickout_calls(api: energycap.EnergyCap, guid: str) -> dict[str, Callable]:
+    """The summary and detail calls of an import not stored yet, for `EnergyCap.at_once`
+    beside the task's own GET (its GUID is known before the task answers); none once stored.
+
+    The answers serve a snapshot (`ensure_snapshot`) or, for an import that is not an ended
+    one with kickouts, the page itself; a task that is not a bill import discards them.
+    """
+    if ImportSnapshot.objects.filter(task_guid=guid.lower(), state=SnapshotState.READY).exists():
+        return {}
+    return {
+        "kickout_summary": partial(api.kickout_summary, guid),
+        "kickout_detail": partial(api.kickout_detail, guid),
+    }
+
+
+def fetch_kickouts(api: energycap.EnergyCap, guid: str, answers: Answers | None = None) -> Fetched:
+    """The summary and every row of one import: two requests (or their `answers` from
+    `kickout_calls`), more only if the grid has no message column (then one detail request
+    per message). Runs in a worker thread, or in the request's with `answers`."""
+    answers = answers or Answers()
     try:
-        summary = api.kickout_summary(guid)
-        grid = api.kickout_detail(guid)
+        summary = answers.value("kickout_summary", partial(api.kickout_summary, guid))
+        grid = answers.value("kickout_detail", partial(api.kickout_detail, guid))
         message_column = recognise_columns(grid.columns).get("message")
         if message_column is not None or not grid.rows:
             rows = [(row.get(message_column or "", ""), row) for row in grid.rows]
@@ -278,8 +296,9 @@ def snapshot_period(days: int, full_name: str = "") -> tuple[int, int]:
     return registered, take_snapshots(list(loading))
 
 
-def ensure_snapshot(task: Task) -> ImportSnapshot:
-    """The stored kickouts of one ended import with kickouts, fetched now if not stored yet.
+def ensure_snapshot(task: Task, answers: Answers | None = None) -> ImportSnapshot:
+    """The stored kickouts of one ended import with kickouts, fetched now if not stored yet
+    (or taken from `answers`, made with `kickout_calls` beside the task's GET).
 
     Raises the client's `EnergyCapError` when EnergyCAP could not be asked.
     """
@@ -287,7 +306,7 @@ def ensure_snapshot(task: Task) -> ImportSnapshot:
     if snapshot is not None and snapshot.state == SnapshotState.READY:
         return snapshot
     register([task])
-    fetched = fetch_kickouts(energycap.client(), task.guid)
+    fetched = fetch_kickouts(energycap.client(), task.guid, answers)
     if fetched.exception is not None:
         store(fetched)
         raise fetched.exception

@@ -120,7 +120,7 @@ def queue_groups(listed: QuerySet[ImportSnapshot]) -> list[dict]:
 def cached_queue_groups(chosen: QueueFilter, listed: QuerySet[ImportSnapshot]) -> list[dict]:
     """`queue_groups`, computed once per change of the listed imports.
 
-    Grouping 20,000 rows took most of the page (bench/queue-results.md). The listed imports'
+    Grouping tens of thousands of rows is most of the page's work. The listed imports'
     count, the sum of their ids and the sum of their versions (each raised by every change)
     change whenever the groups could: an import stored, handled, reopened, or entering or
     leaving the period or the user filter.
@@ -193,8 +193,7 @@ def queue_group(request: HtmxHttpRequest) -> HttpResponse:
         .order_by("-snapshot__begin_date", "snapshot_id", "position")
     )
     page = Paginator(rows, GROUP_ROWS_PER_PAGE).get_page(request.GET.get("page"))
-    # Paged too: a common message is in hundreds of imports, and each row of a Django
-    # template costs about 0.15 ms (bench/queue-results.md).
+    # Paged too: a common message is in hundreds of imports, each a row to render.
     imports = Paginator(
         chosen.listed()
         .filter(rows__message=message)

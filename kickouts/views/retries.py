@@ -7,6 +7,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from django.conf import settings
 from django.http import Http404, HttpResponse
@@ -15,14 +16,15 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
-from .. import energycap, lineage
+from .. import energycap, lineage, snapshots
 from ..decorators import login_required, permission_required
-from ..energycap import EnergyCapError, NotFound
+from ..energycap import Answers, EnergyCapError, NotFound
 from ..forms import SMART_LOOKUP_FAILED, BatchChoices, RetryForm
 from ..models import DuplicateToken, FollowState, RetryAttempt, RetryInFlight
 from ..payloads import Task
 from ..retries import (
     api_user,
+    batch_choice_calls,
     build_retry_form,
     load_batch_choices,
     submit_kickout_retry,
@@ -45,6 +47,7 @@ class OpenRetry:
     task: Task
     choices: BatchChoices
     context: dict
+    answers: Answers
 
     def form(self, request, data=None, initial=None) -> RetryForm:
         return build_retry_form(
@@ -59,17 +62,27 @@ def retry_form(request: HtmxHttpRequest, guid: str) -> HttpResponse:
     """The retry panel's steps: GET shows the form; a POST's `action` names the step."""
     action = request.POST.get("action", "choose") if request.method == "POST" else "choose"
     step = RETRY_STEPS.get(action, review)  # anything else is checked, never sent
-    opened = _open_retry(request, guid)
+    # The kickouts are shown by the review, and by every step without htmx (the whole page).
+    with_kickouts = step is review or (step is not send and not request.htmx)
+    opened = _open_retry(request, guid, with_kickouts=with_kickouts)
     if isinstance(opened, HttpResponse):
         return opened
     return step(request, opened)
 
 
-def _open_retry(request, guid: str) -> OpenRetry | HttpResponse:
-    """The task and the batches, or the page that says why the form cannot go on."""
+def _open_retry(request, guid: str, *, with_kickouts: bool) -> OpenRetry | HttpResponse:
+    """The task and the batches (at once), or the page that says why the form cannot go on.
+
+    For the send step this GET of the task is the re-check right before sending.
+    """
     api = energycap.client()
+    answers = api.at_once(
+        task=partial(api.get_task, guid),
+        **(snapshots.kickout_calls(api, guid) if with_kickouts else {}),
+        **batch_choice_calls(api),
+    )
     try:
-        task = api.get_task(guid)
+        task = answers["task"].get()
     except NotFound:
         return render(request, "kickouts/task_missing.html", {"guid": guid}, status=404)
     except EnergyCapError as exc:
@@ -78,18 +91,19 @@ def _open_retry(request, guid: str) -> OpenRetry | HttpResponse:
     if not task.can_retry_kickouts:
         # Also the answer to a forged POST: nothing is sent.
         context.update(retry_context(request, task))
-        return _render_panel(request, task, context, status=200 if request.htmx else 409)
+        status = 200 if request.htmx else 409
+        return _render_panel(request, task, context, status=status, answers=answers)
     try:
-        choices = load_batch_choices(api)
+        choices = load_batch_choices(api, answers)
     except EnergyCapError as exc:
         # Keep what the clerk entered, beside the message, to send once EnergyCAP answers.
         context["retry_error"] = exc
         if request.method == "POST":
-            context["form"] = OpenRetry(task, unavailable_batch_choices(), context).form(
+            context["form"] = OpenRetry(task, unavailable_batch_choices(), context, answers).form(
                 request, initial=request.POST.dict()
             )
-        return _render_panel(request, task, context)
-    return OpenRetry(task, choices, context)
+        return _render_panel(request, task, context, answers=answers)
+    return OpenRetry(task, choices, context, answers)
 
 
 def choose(request, retry: OpenRetry) -> HttpResponse:
@@ -98,13 +112,13 @@ def choose(request, retry: OpenRetry) -> HttpResponse:
     context = {**retry.context, "form": retry.form(request, initial=source.dict())}
     if request.htmx:
         return render(request, "kickouts/_retry_form.html#mode-fields", context)
-    return _render_panel(request, retry.task, context)
+    return _render_panel(request, retry.task, context, answers=retry.answers)
 
 
 def edit(request, retry: OpenRetry) -> HttpResponse:
     """Back from the review: the reviewed values, bound, so they stay exact."""
     context = {**retry.context, "form": retry.form(request, request.POST)}
-    return _render_panel(request, retry.task, context)
+    return _render_panel(request, retry.task, context, answers=retry.answers)
 
 
 def review(request, retry: OpenRetry) -> HttpResponse:
@@ -114,12 +128,13 @@ def review(request, retry: OpenRetry) -> HttpResponse:
     if form.is_valid():
         context.update(payload=form.payload(), confirming=True)
         if request.htmx:  # the whole page (below) shows the kickouts anyway
-            context.update(kickout_context(request, retry.task))
-    return _render_panel(request, retry.task, context)
+            context.update(kickout_context(request, retry.task, retry.answers))
+    return _render_panel(request, retry.task, context, answers=retry.answers)
 
 
 def send(request, retry: OpenRetry) -> HttpResponse:
-    """Checked once more, then sent once; the retry's page follows it."""
+    """Checked once more (the task was fetched just now), then sent once; the retry's page
+    follows it."""
     # The same form sent again (double click, back button, resubmit): show what
     # the first one did, before any validation that its own record would now fail.
     earlier = RetryAttempt.objects.for_token(request.POST.get("form_token"), request.user)
@@ -129,7 +144,9 @@ def send(request, retry: OpenRetry) -> HttpResponse:
     if not form.is_valid():
         return _render_panel(request, retry.task, {**retry.context, "form": form})
     try:
-        attempt = submit_kickout_retry(user=request.user, form=form, task=retry.task)
+        attempt = submit_kickout_retry(
+            user=request.user, form=form, task=retry.task, rechecked=True
+        )
     except (DuplicateToken, RetryInFlight) as exc:
         attempt = exc.attempt
     return _to_retry_page(request, attempt)
@@ -162,12 +179,12 @@ def _to_retry_page(request, attempt: RetryAttempt) -> HttpResponse:
     return redirect(attempt)
 
 
-def _render_panel(request, task, context, status=200) -> HttpResponse:
+def _render_panel(request, task, context, status=200, answers=None) -> HttpResponse:
     """The retry panel alone for htmx; the whole task page otherwise (JavaScript off)."""
     if request.htmx:
         return render(request, "kickouts/task_detail.html#retry-panel", context, status=status)
     if task is not None:
-        context.update(kickout_context(request, task))
+        context.update(kickout_context(request, task, answers))
         context["lineage"] = lineage.for_task(task.guid)
     return render(request, "kickouts/task_detail.html", context, status=status)
 

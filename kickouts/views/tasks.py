@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -11,10 +13,10 @@ from django_htmx.middleware import HtmxDetails
 from .. import energycap, lineage, snapshots
 from .. import tasks as background
 from ..decorators import login_required
-from ..energycap import EnergyCapError, NotFound
+from ..energycap import Answers, EnergyCapError, NotFound
 from ..forms import INT32_MAX
 from ..models import RetryAttempt
-from ..retries import build_retry_form, load_batch_choices
+from ..retries import batch_choice_calls, build_retry_form, load_batch_choices
 
 PERIODS = {"7": 7, "30": 30, "90": 90}
 # No 250: its rows took a quarter of an EnergyCAP round trip to render (see the README).
@@ -109,8 +111,14 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 def task_detail(request: HtmxHttpRequest, guid: str) -> HttpResponse:
     api = energycap.client()
+    # The task, its kickouts and the retry form's batches at once: one round trip.
+    answers = api.at_once(
+        task=partial(api.get_task, guid),
+        **snapshots.kickout_calls(api, guid),
+        **(batch_choice_calls(api) if may_retry(request.user) else {}),
+    )
     try:
-        task = api.get_task(guid)
+        task = answers["task"].get()
     except NotFound:
         return render(request, "kickouts/task_missing.html", {"guid": guid}, status=404)
     except EnergyCapError as exc:
@@ -118,20 +126,26 @@ def task_detail(request: HtmxHttpRequest, guid: str) -> HttpResponse:
             request, "kickouts/task_detail.html", {"guid": guid, "task": None, "error": exc}
         )
     context = {"guid": guid, "task": task, "error": None}
-    context.update(kickout_context(request, task))
+    context.update(kickout_context(request, task, answers))
     from .queue import handled_context  # the queue's views import this module
 
     context.update(handled_context(request, guid))
-    context.update(retry_context(request, task))
+    context.update(retry_context(request, task, answers))
     context["lineage"] = lineage.for_task(guid)
     return render(request, "kickouts/task_detail.html", context)
 
 
-def kickout_context(request, task) -> dict:
-    """The kickout summary and one page of the detail grid (filtered by message)."""
+def may_retry(user) -> bool:
+    return user.has_perm("kickouts.submit_retry")
+
+
+def kickout_context(request, task, answers: Answers | None = None) -> dict:
+    """The kickout summary and one page of the detail grid (filtered by message); `answers`
+    may hold them (`snapshots.kickout_calls`)."""
     if not task.is_bill_import:
         return {}
     api = energycap.client()
+    answers = answers or Answers()
     chosen = request.GET.get("message", "")
     if len(chosen) > MESSAGE_MAX:
         chosen = ""  # no kickout message is that long: show all rows
@@ -139,11 +153,14 @@ def kickout_context(request, task) -> dict:
         if task.can_retry_kickouts:
             # An ended import's kickouts never change: stored once, then read from our tables.
             summary, grid = snapshots.stored_kickouts(
-                snapshots.ensure_snapshot(task), chosen or None
+                snapshots.ensure_snapshot(task, answers), chosen or None
             )
         else:
-            summary = api.kickout_summary(task.guid)
-            grid = api.kickout_detail(task.guid, chosen or None)
+            summary = answers.value("kickout_summary", partial(api.kickout_summary, task.guid))
+            if chosen:
+                grid = api.kickout_detail(task.guid, chosen)
+            else:
+                grid = answers.value("kickout_detail", partial(api.kickout_detail, task.guid))
     except EnergyCapError as exc:
         return {"kickout_error": exc}
     paginator = Paginator(grid.rows, DETAIL_ROWS_PER_PAGE)
@@ -157,11 +174,12 @@ def kickout_context(request, task) -> dict:
     }
 
 
-def retry_context(request, task) -> dict:
-    """What the retry panel beside the kickouts shows: the form, or why there is none."""
+def retry_context(request, task, answers: Answers | None = None) -> dict:
+    """What the retry panel beside the kickouts shows: the form, or why there is none;
+    `answers` may hold the batches (`retries.batch_choice_calls`)."""
     if not task.can_retry_kickouts:
         return {"retry_unavailable": _why_no_retry(task)}
-    if not request.user.has_perm("kickouts.submit_retry"):
+    if not may_retry(request.user):
         return {
             "retry_unavailable": (
                 "Retrying kickouts needs the AP staff or Supervisors role; ask an "
@@ -169,7 +187,7 @@ def retry_context(request, task) -> dict:
             )
         }
     try:
-        choices = load_batch_choices(energycap.client())
+        choices = load_batch_choices(energycap.client(), answers)
     except EnergyCapError as exc:
         return {"retry_error": exc}
     initial = {"batch_mode": request.GET.get("batch_mode", "")[:40]}
