@@ -4,10 +4,9 @@
     python -m bench --quick     # a smoke run: 20,000 retries, fewer repeats, short phases
     python -m bench --sqlite    # SQLite (bench/out/bench.sqlite3) instead of PostgreSQL
 
-Everything runs on 127.0.0.1: the built-in sandbox as EnergyCAP (every answer --latency late),
-and the dashboard under gunicorn as in the README's Operations section (DEBUG off). The
-database is a scratch one the benchmark owns (created when missing; refused if it holds
-anything else); its retries are generated once and reused. The table goes to bench/results.md.
+On 127.0.0.1: the sandbox as EnergyCAP (every answer --latency late), the dashboard under
+gunicorn (DEBUG off), a scratch database (made when missing) whose retries are generated once
+and reused. The table goes to bench/results.md.
 """
 
 from __future__ import annotations
@@ -42,13 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, help="retries in the history (1,000,000)")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds EnergyCAP is away")
     parser.add_argument("--load-seconds", type=float, help="length of the load phase (60)")
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=8, help="threads per worker")
     parser.add_argument("--database-url", default=DATABASE, help="a scratch PostgreSQL db")
     parser.add_argument("--redis-url", default=REDIS, help="a Redis db the benchmark may empty")
     args = parser.parse_args(argv)
     rows = args.rows or (20_000 if args.quick else 1_000_000)
-    load_seconds = args.load_seconds or (20.0 if args.quick else 60.0)
     database_url = args.database_url
     if args.sqlite:
         database_url = f"sqlite:///{ROOT / 'bench' / 'out' / 'bench.sqlite3'}"
@@ -87,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         phases.Retry.objects.filter(pk__gt=rows).delete()  # sends of earlier runs
         cache.clear()  # Redis: nothing a run saw (`me`, kickouts of a GUID) carries over
         call_command("collectstatic", interactive=False, verbosity=0)
-        server = Gunicorn(env, args.workers, args.threads)
+        server = Gunicorn(env, workers=4, threads=8)  # as in the README's Operations
         say(f"Dashboard {server.url} ({server.description}); sandbox {sandbox.url}")
         control, workers = SandboxControl(sandbox.url), server.worker_pids()
         run = phases.Run(args.quick, postgres, server.url, control, workers, POLL_SECONDS)
-        run.load_seconds = load_seconds
+        run.load_seconds = args.load_seconds or (20.0 if args.quick else 60.0)
+        run.latency = args.latency
         try:
             for step in phases.PHASES:
                 say(step.__name__)

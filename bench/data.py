@@ -1,11 +1,9 @@
 """The benchmark's database: people, and N retry records made once and reused.
 
-Rows cover two years, every outcome, batch mode and final status, ~25 people with very
-different workloads, batch codes that match a handful of rows and a few rare import notes, so
-each history filter has something realistic to find. Generation is deterministic; a marker
-table remembers the row count and generator version, and a later run reuses the rows (after
-`migrate`, so new indexes are built on them). Import it after `django.setup()`.
-"""
+Two years of rows: every outcome, batch mode and final status, ~25 people with very different
+workloads, batch codes matching a handful of rows, a few rare notes, so each history filter has
+something to find. Deterministic; a marker table remembers the row count and generator version,
+and later runs reuse the rows (after `migrate`). Import it after `django.setup()`."""
 
 from __future__ import annotations
 
@@ -124,27 +122,10 @@ def generate(rows: int, people: list[int]) -> Iterator[dict]:
 
 
 def load(rows: Iterator[dict], say: Callable[[str], None]) -> None:
-    """COPY on PostgreSQL, executemany on SQLite, 20,000 rows a transaction; the table's plain
-    indexes dropped first and built once at the end (the same DDL, read back)."""
+    """COPY on PostgreSQL, executemany on SQLite, 20,000 rows a transaction."""
     fields = RetryAttempt._meta.concrete_fields
     columns = ", ".join(f.column for f in fields)
     postgres = connection.vendor == "postgresql"
-    with connection.cursor() as cursor:
-        if postgres:
-            cursor.execute(
-                "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i "
-                "ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid WHERE t.relname "
-                "= 'kickouts_retryattempt' AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
-                "WHERE c.conindid = x.indexrelid) AND NOT x.indisunique"
-            )
-        else:
-            cursor.execute(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = "
-                "'kickouts_retryattempt' AND sql IS NOT NULL AND sql NOT LIKE 'CREATE UNIQUE%'"
-            )
-        indexes = cursor.fetchall()
-        for name, _ in indexes:
-            cursor.execute(f'DROP INDEX "{name}"')
     convert = [(f.attname, f.get_default(), _converter(f, postgres)) for f in fields]
     batch: list[list] = []
     for done, row in enumerate(rows, 1):
@@ -156,18 +137,13 @@ def load(rows: Iterator[dict], say: Callable[[str], None]) -> None:
             say(f"  {done:,} rows")
     if batch:
         _insert(batch, columns, postgres)
-    say("  building indexes")
     with connection.cursor() as cursor:
-        for _, ddl in indexes:
-            cursor.execute(ddl)
         if postgres:
             cursor.execute(
                 "SELECT setval(pg_get_serial_sequence('kickouts_retryattempt', 'id'), "
                 "(SELECT MAX(id) FROM kickouts_retryattempt))"
             )
-            cursor.execute("VACUUM ANALYZE kickouts_retryattempt")
-        else:
-            cursor.execute("ANALYZE")
+        cursor.execute("VACUUM ANALYZE kickouts_retryattempt" if postgres else "ANALYZE")
 
 
 def _converter(field, postgres: bool):

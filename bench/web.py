@@ -1,9 +1,5 @@
-"""What the benchmark drives over HTTP: gunicorn, signed-in browsers, forms, timings.
-
-Everything listens on 127.0.0.1 on ports the kernel picks. Pages are found with `reverse()`
-and forms are read from the HTML the dashboard serves, so the benchmark follows the views and
-templates as they change instead of knowing their internals.
-"""
+"""What the benchmark drives over HTTP on 127.0.0.1: gunicorn, signed-in browsers, forms read
+from the HTML the dashboard serves (so the benchmark follows the templates), timings."""
 
 from __future__ import annotations
 
@@ -74,6 +70,10 @@ class Gunicorn:
 def peak_growth(pids: list[int]):
     """Samples the workers' resident memory every 20 ms; yields a dict that holds, on leaving,
     the largest rise of one worker in "KiB"."""
+
+    def rss_kib(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
+
     start = {pid: rss_kib(pid) for pid in pids}
     peak, stop, result = dict(start), threading.Event(), {}
 
@@ -89,11 +89,6 @@ def peak_growth(pids: list[int]):
         stop.set()
         thread.join()
         result["KiB"] = max(peak[pid] - start[pid] for pid in pids)
-
-
-def rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:", 1)[1].split()[0])
 
 
 @dataclass
@@ -134,9 +129,9 @@ def forms(html: str, page_url: str) -> list[Form]:
 
 
 def form_with_button(html: str, page_url: str, value: str) -> Form:
-    for form in forms(html, page_url):
-        if value in form.buttons:
-            return form
+    found = [form for form in forms(html, page_url) if value in form.buttons]
+    if found:
+        return found[0]
     raise RuntimeError(f"no form with a {value!r} button on {page_url}")
 
 
