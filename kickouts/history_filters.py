@@ -22,7 +22,8 @@ from django.utils import timezone
 from . import batch_modes
 from .models import Outcome, RetryAttempt
 
-PAGE_SIZE = 50
+# Rows a page: rendering them is most of the page's time (README, Benchmarks).
+PAGE_SIZE = 25
 STILL_RUNNING = "running"
 # Compared, and the new task still kicked out some of the source's rows (kickouts/compare.py).
 STILL_KICKING_OUT = "still_kicking_out"

@@ -218,34 +218,34 @@ def test_retries_are_listed_newest_first(supervisor_client, clerk):
     assert shown(supervisor_client.get(HISTORY)) == [same_b.pk, same_a.pk, middle.pk, old.pk]
 
 
-def test_pages_hold_fifty_and_go_older_and_back_newer(supervisor_client, clerk):
-    """120 retries: 50, 50 and 20, with Older and Newer links that keep the filters."""
-    retries = many_retries(clerk, 120)
+def test_pages_hold_twenty_five_and_go_older_and_back_newer(supervisor_client, clerk):
+    """60 retries: 25, 25 and 10, with Older and Newer links that keep the filters."""
+    retries = many_retries(clerk, 60)
     ids = [r.pk for r in retries]
 
     first = supervisor_client.get(HISTORY, {"batch_mode": "new batch"})
-    assert shown(first) == ids[:50]
+    assert shown(first) == ids[:25]
     assert first.context["newer_url"] is None
     older = first.context["older_url"]
     assert "batch_mode=new+batch" in older and "before=" in older
 
     second = supervisor_client.get(older)
-    assert shown(second) == ids[50:100]
+    assert shown(second) == ids[25:50]
     third = supervisor_client.get(second.context["older_url"])
-    assert shown(third) == ids[100:]
+    assert shown(third) == ids[50:]
     assert third.context["older_url"] is None
 
     back = supervisor_client.get(third.context["newer_url"])
-    assert shown(back) == ids[50:100]
-    assert shown(supervisor_client.get(back.context["newer_url"])) == ids[:50]
+    assert shown(back) == ids[25:50]
+    assert shown(supervisor_client.get(back.context["newer_url"])) == ids[:25]
     body = second.content.decode()
-    assert 'rel="next"' in body and 'rel="prev"' in body and "50 retries on this page" in body
+    assert 'rel="next"' in body and 'rel="prev"' in body and "25 retries on this page" in body
 
 
 def test_pages_stay_in_order_when_many_retries_share_one_instant(supervisor_client, clerk):
     """The page boundary falls between retries with the same time without losing any."""
     when = timezone.now()
-    same = [retry(clerk, requested_at=when).pk for _ in range(55)]
+    same = [retry(clerk, requested_at=when).pk for _ in range(30)]
     first = supervisor_client.get(HISTORY)
     second = supervisor_client.get(first.context["older_url"])
     assert shown(first) + shown(second) == sorted(same, reverse=True)
