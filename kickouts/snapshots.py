@@ -142,24 +142,7 @@ def store(fetched: Fetched) -> ImportSnapshot | None:
         snapshot.save(update_fields=["state", "fetch_error", "fetched_at", "version"])
         return snapshot
     grid = fetched.grid
-    columns = recognise_columns(grid.columns)
-    objects = []
-    for position, (message, cells) in enumerate(fetched.rows_by_message or []):
-        get = cells.get
-        objects.append(
-            KickoutRow(
-                snapshot=snapshot,
-                position=position,
-                message=message,
-                cells=cells,
-                account_code=get(columns.get("account_code", ""), "")[:255],
-                meter_code=get(columns.get("meter_code", ""), "")[:255],
-                vendor_code=get(columns.get("vendor_code", ""), "")[:255],
-                bill_start=_date(get(columns.get("bill_start", ""), "")),
-                bill_end=_date(get(columns.get("bill_end", ""), "")),
-                total_cost=_cost(get(columns.get("total_cost", ""), "")),
-            )
-        )
+    objects = _rows(snapshot, fetched)
     try:
         with transaction.atomic():
             # The row lock makes a second worker storing the same import wait, then see READY.
@@ -192,22 +175,72 @@ def store(fetched: Fetched) -> ImportSnapshot | None:
     return locked
 
 
+def _queued(task: Task) -> bool:
+    """An ended bill import with kickouts: the queue keeps its kickouts."""
+    return task.is_bill_import and task.has_kickouts and not task.is_running
+
+
+def _snapshot_of(task: Task, **fields) -> ImportSnapshot:
+    return ImportSnapshot(
+        task_guid=task.guid,
+        task_id=task.task_id,
+        status=task.status[:100],
+        begin_date=task.begin_date,
+        end_date=task.end_date,
+        user_full_name=task.user.full_name[:255] if task.user else "",
+        batch_code=task.batch.batch_code[:255] if task.batch else "",
+        **fields,
+    )
+
+
+def _rows(snapshot: ImportSnapshot, fetched: Fetched) -> list[KickoutRow]:
+    columns = recognise_columns(fetched.grid.columns)
+    objects = []
+    for position, (message, cells) in enumerate(fetched.rows_by_message or []):
+        get = cells.get
+        objects.append(
+            KickoutRow(
+                snapshot=snapshot,
+                position=position,
+                message=message,
+                cells=cells,
+                account_code=get(columns.get("account_code", ""), "")[:255],
+                meter_code=get(columns.get("meter_code", ""), "")[:255],
+                vendor_code=get(columns.get("vendor_code", ""), "")[:255],
+                bill_start=_date(get(columns.get("bill_start", ""), "")),
+                bill_end=_date(get(columns.get("bill_end", ""), "")),
+                total_cost=_cost(get(columns.get("total_cost", ""), "")),
+            )
+        )
+    return objects
+
+
+def _store_new(task: Task, fetched: Fetched) -> ImportSnapshot | None:
+    """An import seen for the first time, stored ready in one transaction (two INSERTs);
+    None when another process registered it meanwhile (then `store` takes over)."""
+    snapshot = _snapshot_of(
+        task,
+        columns=list(fetched.grid.columns),
+        file_name=(fetched.summary.file_name or "")[:500],
+        state=SnapshotState.READY,
+        fetched_at=timezone.now(),
+        version=1,
+    )
+    rows = _rows(snapshot, fetched)
+    snapshot.row_count = len(rows)
+    try:
+        with transaction.atomic():
+            snapshot.save(force_insert=True)
+            KickoutRow.objects.bulk_create(rows, batch_size=1000)
+    except IntegrityError:
+        return None
+    return snapshot
+
+
 def register(tasks: Iterable[Task]) -> list[str]:
     """Make a "loading" snapshot for each ended import with kickouts not yet known; their
     GUIDs."""
-    new = [
-        ImportSnapshot(
-            task_guid=task.guid,
-            task_id=task.task_id,
-            status=task.status[:100],
-            begin_date=task.begin_date,
-            end_date=task.end_date,
-            user_full_name=task.user.full_name[:255] if task.user else "",
-            batch_code=task.batch.batch_code[:255] if task.batch else "",
-        )
-        for task in tasks
-        if task.is_bill_import and task.has_kickouts and not task.is_running
-    ]
+    new = [_snapshot_of(task) for task in tasks if _queued(task)]
     if not new:
         return []
     known = set(
@@ -305,8 +338,12 @@ def ensure_snapshot(task: Task, answers: Answers | None = None) -> ImportSnapsho
     snapshot = ImportSnapshot.objects.filter(task_guid=task.guid).first()
     if snapshot is not None and snapshot.state == SnapshotState.READY:
         return snapshot
-    register([task])
     fetched = fetch_kickouts(energycap.client(), task.guid, answers)
+    if snapshot is None and fetched.exception is None and _queued(task):
+        stored = _store_new(task, fetched)
+        if stored is not None:
+            return stored
+    register([task])
     if fetched.exception is not None:
         store(fetched)
         raise fetched.exception
@@ -317,17 +354,13 @@ def stored_kickouts(
     snapshot: ImportSnapshot, message: str | None = None
 ) -> tuple[KickoutSummary, KickoutGrid]:
     """A snapshot read back as EnergyCAP's summary and grid (the task page shows these)."""
-    messages = list(
-        dict.fromkeys(snapshot.rows.order_by("position").values_list("message", flat=True))
-    )
-    rows = snapshot.rows.order_by("position")
+    rows = list(snapshot.rows.order_by("position").values_list("message", "cells"))
+    messages = list(dict.fromkeys(row_message for row_message, _ in rows))
     if message is not None:
-        rows = rows.filter(message=message)
+        rows = [row for row in rows if row[0] == message]
     return (
         KickoutSummary(file_name=snapshot.file_name, kickout_messages=messages),
-        KickoutGrid(
-            columns=list(snapshot.columns), rows=list(rows.values_list("cells", flat=True))
-        ),
+        KickoutGrid(columns=list(snapshot.columns), rows=[cells for _, cells in rows]),
     )
 
 
