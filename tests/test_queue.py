@@ -225,13 +225,13 @@ def test_a_group_pages_its_imports(clerk_client, sandbox, db):
 
 
 def test_a_group_pages_its_rows(clerk_client, sandbox, db):
-    """Fifty rows a page."""
-    add_import(sandbox, [ACCOUNT], 60)
+    """Twenty-five rows a page."""
+    add_import(sandbox, [ACCOUNT], 35)
     snapshots.snapshot_period(30, QUINN)
     query = {"user": QUINN, "message": ACCOUNT}
     first = clerk_client.get(reverse("queue_group"), query)
     second = clerk_client.get(reverse("queue_group"), {**query, "page": 2})
-    assert len(first.context["page"]) == 50 and len(second.context["page"]) == 10
+    assert len(first.context["page"]) == 25 and len(second.context["page"]) == 10
     assert 'rel="next"' in first.content.decode()
 
 

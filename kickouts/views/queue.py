@@ -30,7 +30,7 @@ from ..decorators import login_required, permission_required
 from ..queue_models import HandledReason, ImportSnapshot, KickoutRow, SnapshotState
 from .tasks import PERIODS, HtmxHttpRequest
 
-GROUP_ROWS_PER_PAGE = 50
+GROUP_ROWS_PER_PAGE = 25
 GROUP_IMPORTS_PER_PAGE = 25
 GROUP_ROW_FIELDS = (
     "account_code",
