@@ -1,7 +1,7 @@
 from django.urls import path, register_converter
 
 from .converters import GuidConverter
-from .views import account, health, history, queue, retries, tasks
+from .views import account, bulk, health, history, queue, retries, tasks
 
 register_converter(GuidConverter, "guid")
 
@@ -12,6 +12,10 @@ urlpatterns = [
     path("batches/smart-path/", retries.smart_batch_preview, name="smart_batch_preview"),
     path("retries/<int:pk>/", retries.retry_detail, name="retry_detail"),
     path("retries/<int:pk>/status/", retries.status_panel, name="status_panel"),
+    path("bulk/", bulk.bulk_form, name="bulk_form"),
+    path("bulk/<int:pk>/", bulk.bulk_detail, name="bulk_detail"),
+    path("bulk/<int:pk>/cancel/", bulk.bulk_cancel, name="bulk_cancel"),
+    path("bulks/", bulk.bulk_list, name="bulk_list"),
     path("history/", history.history, name="history"),
     path("history.csv", history.history_csv, name="history_csv"),
     path("kickouts/", queue.queue, name="queue"),

@@ -47,6 +47,7 @@ CSV_COLUMNS = (
     ("new_task_status", "new_task_status"),
     ("new_task_end_utc", "new_task_end_date"),
     ("import_note", "import_note"),
+    ("bulk_id", "bulk_id"),
 )
 CSV_CHUNK_ROWS = 2000
 CSV_PIECE_ROWS = 500

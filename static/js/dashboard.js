@@ -54,3 +54,29 @@
     localiseTimes(event.detail.target);
   });
 })();
+
+// Bulk retry: "select all on this page" and the count on "Retry selected (N)". Without
+// JavaScript the checked boxes are posted as they are, and "Retry all on this page" stands in.
+(function () {
+  function boxes(form) {
+    return Array.from(document.querySelectorAll('input[name="task"][form="' + form.id + '"]'));
+  }
+  function refresh(form) {
+    var checked = boxes(form).filter(function (b) { return b.checked; }).length;
+    var count = form.querySelector(".selected-count");
+    if (count) count.textContent = String(checked);
+    var all = form.querySelector(".select-all");
+    if (all) all.checked = checked > 0 && checked === boxes(form).length;
+  }
+  document.addEventListener("change", function (event) {
+    var target = event.target;
+    if (target.matches(".bulk-select .select-all")) {
+      var form = target.closest("form");
+      boxes(form).forEach(function (b) { b.checked = target.checked; });
+      refresh(form);
+    } else if (target.matches('input[name="task"][form]')) {
+      var owner = document.getElementById(target.getAttribute("form"));
+      if (owner && owner.classList.contains("bulk-select")) refresh(owner);
+    }
+  });
+})();
