@@ -389,7 +389,9 @@ def send_bulk_step(context: TaskContext, bulk_id: int) -> str:
             later = send_bulk_step.using(run_after=now + wait).enqueue(bulk_id)
             BulkRetry.objects.filter(pk=bulk_id).update(step_task_id=str(later.id))
             return "waiting for the step still sending"
-        successor = send_bulk_step.using(run_after=now + bulk_step_margin()).enqueue(bulk_id)
+        # The successor comes due after one polling interval: it waits while this step is
+        # busy on another worker, and takes over at once on this worker after a restart.
+        successor = send_bulk_step.using(run_after=now + wait).enqueue(bulk_id)
         BulkRetry.objects.filter(pk=bulk_id).update(
             step_task_id=str(successor.id),
             busy_until=now + bulk_step_margin(),
