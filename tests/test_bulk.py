@@ -3,17 +3,20 @@ sandbox over real HTTP, with its stop rules, cancel, crashes and overlaps."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
 from django.db import connection
 from django.urls import reverse
+from playwright.sync_api import expect
 
 from kickouts import energycap
 from kickouts.bulk_models import BulkLine, BulkRetry, BulkState, LineState
 from kickouts.models import Outcome, RetryAttempt
 
-from . import test_worker
+from . import test_browser, test_worker
+from .browser_helpers import sign_in
 from .test_worker import wait_for
 
 # The real `db_worker` processes of tests/test_worker.py, and where their emails go.
@@ -372,3 +375,45 @@ def test_twenty_imports_in_one_bulk_are_sent_once_each_in_order(
     csv = b"".join(clerk_client.get(reverse("history_csv"), {"bulk": bulk.pk})).decode()
     assert csv.splitlines()[0].endswith(",bulk_id")
     assert len(csv.splitlines()) == 21
+
+
+# -- in a real browser --
+
+browser = test_browser.browser
+watch = test_browser.watch
+page = test_browser.page
+
+
+@pytest.mark.browser
+def test_a_clerk_selects_imports_with_the_keyboard_reviews_sends_and_watches_to_the_end(
+    page, watch, live_server, clerk, sandbox, start_worker
+):
+    """Carla ticks three imports with Space, reviews one smart batch, sends, and watches."""
+    guids = kickout_imports(sandbox, 3)
+    worker = start_worker()
+    sign_in(page, live_server.url, clerk)
+    button = page.locator(".retry-selected")
+    expect(button).to_have_text("Retry selected (0)")
+    for guid in guids:
+        page.locator(f'input[name="task"][value="{guid}"]').focus()
+        page.keyboard.press("Space")
+    expect(button).to_have_text("Retry selected (3)")
+    button.focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Retry 3 selected imports")).to_be_visible()
+    page.check('input[name="batch_mode"][value="smart batch"]')
+    page.fill("#id_new_batch_code", "BULK-BROWSER")
+    page.get_by_role("button", name="Review before sending").click()
+    expect(page.locator(".whole-set")).to_have_text(
+        "smart batch with code BULK-BROWSER: the first creates batch BULK-BROWSER, the other 2 "
+        "are added to it."
+    )
+    page.get_by_role("button", name="Send 3 re-imports").click()
+    page.wait_for_url(re.compile(r"/bulk/\d+/$"))
+    expect(page.locator(".progress-line")).to_contain_text("3 of 3 sent", timeout=40_000)
+    expect(page.locator(".progress-line")).to_contain_text("done.")
+    # Done: the progress no longer polls.
+    expect(page.locator("#bulk-progress")).not_to_have_attribute("hx-trigger", re.compile("."))
+    assert page.locator(".bulk-lines a", has_text="Retry #").count() == 3
+    assert worker.process.poll() is None
+    watch.assert_clean(page)
