@@ -417,3 +417,69 @@ def test_a_clerk_selects_imports_with_the_keyboard_reviews_sends_and_watches_to_
     assert page.locator(".bulk-lines a", has_text="Retry #").count() == 3
     assert worker.process.poll() is None
     watch.assert_clean(page)
+
+
+# -- choosing, and the bulk as a record --
+
+
+def test_only_imports_completed_with_kickouts_get_a_checkbox_and_only_for_retriers(
+    clerk_client, outsider_client, sandbox
+):
+    """The task list's checkboxes are on retryable imports, for clerks; Nora sees none."""
+    retryable = kickout_imports(sandbox, 1)[0]
+    finished = sandbox.add_task(status="Completed")["taskGUId"].lower()
+    page = clerk_client.get(reverse("task_list")).content.decode()
+    assert f'name="task"\n                 value="{retryable}"' in page
+    assert f'value="{finished}"' not in page
+    assert 'Retry selected (<span class="selected-count">0</span>)' in page
+    assert 'name="task"' not in outsider_client.get(reverse("task_list")).content.decode()
+
+
+def test_retry_all_on_this_page_without_javascript_reviews_exactly_the_page_shown(
+    clerk_client, sandbox
+):
+    """No JavaScript: the page's retryable imports are posted as shown, never a filter."""
+    guids = kickout_imports(sandbox, 2)
+    response = clerk_client.post(
+        reverse("bulk_form"), {"whole_page": "1", "page_task": guids, "task": [guids[0]]}
+    )
+    assert [c.guid for c in response.context["candidates"]] == guids
+
+
+def test_a_kickout_group_offers_retry_selected_for_its_checked_imports(clerk_client, sandbox):
+    """The group page's checked imports can go to the bulk retry's review."""
+    from kickouts import snapshots
+
+    for guid in kickout_imports(sandbox, 2):
+        snapshots.ensure_snapshot(energycap.client().get_task(guid))
+    page = clerk_client.get(
+        reverse("queue_group"), {"message": "Account not found", "period": "30"}
+    ).content.decode()
+    assert f'formaction="{reverse("bulk_form")}"' in page
+    assert "Retry selected" in page
+
+
+def test_a_bulk_is_a_record_in_the_history_the_retry_pages_and_the_supervisors_list(
+    clerk_client, other_clerk, supervisor_client, sandbox, start_worker
+):
+    """One sent, one skipped: each retry names its bulk; Sam sees the counts; Oscar nothing."""
+    from .conftest import signed_in_client
+
+    guids = kickout_imports(sandbox, 2)
+    bulk = send_bulk(clerk_client, guids, batch_mode="new self-contained batch")
+    sandbox.update_task(guids[1], status="Completed")
+    bulk = wait_until_ended(bulk, [start_worker()])
+    sent = RetryAttempt.objects.get(bulk=bulk, outcome=Outcome.SUBMITTED)
+    retry_page = clerk_client.get(reverse("retry_detail", args=[sent.pk])).content.decode()
+    assert f"Bulk retry #{bulk.pk}" in retry_page
+    history = clerk_client.get(reverse("history"), {"bulk": bulk.pk})
+    assert {r.pk for r in history.context["page"].retries} == set(
+        RetryAttempt.objects.filter(bulk=bulk).values_list("pk", flat=True)
+    )
+    listed = supervisor_client.get(reverse("bulk_list")).context["bulks"]
+    row = next(b for b in listed if b.pk == bulk.pk)
+    assert (row.total, row.sent, row.skipped, row.not_sent) == (2, 1, 1, 0)
+    assert clerk_client.get(reverse("bulk_list")).status_code == 403
+    oscar = signed_in_client(other_clerk)
+    assert oscar.get(bulk.get_absolute_url()).status_code == 404
+    assert oscar.post(reverse("bulk_cancel", args=[bulk.pk])).status_code == 404

@@ -199,7 +199,7 @@ def test_the_table_has_a_caption_and_scoped_headers_and_the_filters_have_labels(
     retry(clerk)
     body = supervisor_client.get(HISTORY).content.decode()
     assert "<caption>Retries, newest first</caption>" in body
-    assert body.count('<th scope="col">') == 7 and '<th scope="row">' in body
+    assert body.count('<th scope="col">') == 8 and '<th scope="row">' in body
     for name in ("user", "date_from", "date_to", "outcome", "final_status", "batch_mode", "q"):
         assert f'<label for="id_{name}">' in body, name
     assert 'aria-describedby="id_q_helptext"' in body and 'id="id_q_helptext"' in body
@@ -556,6 +556,7 @@ def test_the_csv_has_a_header_and_utc_times(supervisor_client, clerk, settings):
         "new_task_status",
         "new_task_end_utc",
         "import_note",
+        "bulk_id",
     ]
     assert row == [
         str(done.pk),
@@ -570,6 +571,7 @@ def test_the_csv_has_a_header_and_utc_times(supervisor_client, clerk, settings):
         "Completed",
         "2026-11-20T09:20:05Z",
         "Fixed the meter",
+        "",
     ]
 
 

@@ -32,6 +32,7 @@ PAGE_COLUMNS = (
     "new_task_guid",
     "new_task_status",
     "new_task_finished",
+    "bulk",
 )
 # (CSV column, database value), so the header and the values cannot drift apart.
 CSV_COLUMNS = (
