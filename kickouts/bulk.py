@@ -264,6 +264,10 @@ def _resume(bulk: BulkRetry, line: BulkLine, attempt: RetryAttempt) -> bool | No
     step goes on with that same record."""
     if attempt.outcome == Outcome.SUBMITTING and attempt.sent_at is None:
         return None
+    if attempt.outcome == Outcome.NOT_SENT and attempt.sent_at is None:
+        # Refused before any POST (another retry in flight, or the re-check): skip it.
+        _record_line(line, attempt, LineState.SKIPPED, attempt.upstream_message)
+        return True
     if attempt.outcome == Outcome.SUBMITTING:
         attempt.mark_unknown(
             "The worker stopped while this import was being sent; EnergyCAP may have "
