@@ -483,3 +483,29 @@ def test_a_bulk_is_a_record_in_the_history_the_retry_pages_and_the_supervisors_l
     oscar = signed_in_client(other_clerk)
     assert oscar.get(bulk.get_absolute_url()).status_code == 404
     assert oscar.post(reverse("bulk_cancel", args=[bulk.pk])).status_code == 404
+
+
+@pytest.mark.browser
+def test_select_all_on_a_kickout_group_sends_its_imports_to_the_review(
+    page, watch, live_server, clerk, sandbox
+):
+    """Carla selects all of a group's imports with Space and reviews exactly those."""
+    from kickouts import snapshots
+
+    guids = [
+        sandbox.add_task(kickout_messages=["Vendor not found for bulk"])["taskGUId"].lower()
+        for _ in range(2)
+    ]
+    for guid in guids:
+        snapshots.ensure_snapshot(energycap.client().get_task(guid))
+    sign_in(page, live_server.url, clerk)
+    page.goto("/kickouts/group/?period=30&message=Vendor+not+found+for+bulk")
+    page.locator(".select-all").focus()
+    page.keyboard.press("Space")
+    for guid in guids:
+        expect(page.locator(f'input[name="task"][value="{guid}"]')).to_be_checked()
+    page.get_by_role("button", name="Retry selected").click()
+    expect(page.get_by_role("heading", name="Retry 2 selected imports")).to_be_visible()
+    for guid in guids:
+        expect(page.locator(f'.bulk-imports a[href="/tasks/{guid}/"]')).to_be_visible()
+    watch.assert_clean(page)

@@ -59,7 +59,10 @@
 // JavaScript the checked boxes are posted as they are, and "Retry all on this page" stands in.
 (function () {
   function boxes(form) {
-    return Array.from(document.querySelectorAll('input[name="task"][form="' + form.id + '"]'));
+    // Checkboxes inside the form and those tied to it by a form="…" attribute alike.
+    return Array.from(document.querySelectorAll('input[type="checkbox"][name="task"]')).filter(
+      function (box) { return box.form === form; }
+    );
   }
   function refresh(form) {
     var checked = boxes(form).filter(function (b) { return b.checked; }).length;
@@ -74,9 +77,8 @@
       var form = target.closest("form");
       boxes(form).forEach(function (b) { b.checked = target.checked; });
       refresh(form);
-    } else if (target.matches('input[name="task"][form]')) {
-      var owner = document.getElementById(target.getAttribute("form"));
-      if (owner && owner.classList.contains("bulk-select")) refresh(owner);
+    } else if (target.matches('input[type="checkbox"][name="task"]')) {
+      if (target.form && target.form.classList.contains("bulk-select")) refresh(target.form);
     }
   });
 })();
