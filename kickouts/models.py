@@ -443,9 +443,8 @@ class UserSettings(models.Model):
         return found if found is not None else cls(user=user)
 
 
-# -- the kickout queue (its own module, kept apart from the retry record) --
+# -- the kickout queue and bulk retries (their own modules, kept apart from the retry record) --
 
-# -- bulk retries (their own module) --
 from .bulk_models import BulkLine, BulkRetry, BulkState, LineState  # noqa: E402, F401
 from .queue_models import (  # noqa: E402, F401
     HandledChange,
