@@ -189,6 +189,14 @@ class RetryAttempt(models.Model):
     new_task_message = models.TextField(blank=True)
     new_task_checked_at = models.DateTimeField(null=True, blank=True)
     new_task_batch_id = models.IntegerField(null=True, blank=True)
+    # The bulk retry this retry was one import of (kickouts/bulk.py), if any.
+    bulk = models.ForeignKey(
+        "kickouts.BulkRetry",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="retries",
+    )
 
     # Following the new task in the background (kickouts/tasks.py).
     follow_state = models.CharField(
@@ -322,6 +330,7 @@ class RetryAttempt(models.Model):
         import_note: str,
         payload: dict,
         confirmed_duplicate_of: RetryAttempt | None = None,
+        bulk=None,
         stale_after: timedelta = timedelta(minutes=5),
     ) -> RetryAttempt:
         """Write the record in state "submitting", before anything is sent.
@@ -347,6 +356,7 @@ class RetryAttempt(models.Model):
             batch_code=batch_code,
             import_note=import_note,
             payload=payload,
+            bulk=bulk,
         )
         try:
             with transaction.atomic():
@@ -521,8 +531,9 @@ class UserSettings(models.Model):
         return found if found is not None else cls(user=user)
 
 
-# -- the kickout queue (its own module, kept apart from the retry record) --
+# -- the kickout queue and bulk retries (their own modules, kept apart from the retry record) --
 
+from .bulk_models import BulkLine, BulkRetry, BulkState, LineState  # noqa: E402, F401
 from .queue_models import (  # noqa: E402, F401
     HandledChange,
     HandledReason,
