@@ -140,6 +140,38 @@ class RetryAttemptQuerySet(models.QuerySet):
         )
 
 
+# What a linked retry gained from following its task, cleared when the link is reversed.
+_FOLLOWED_FIELDS = {
+    "new_task_guid": "",
+    "new_task_status": "",
+    "new_task_finished": False,
+    "new_task_begin_date": None,
+    "new_task_end_date": None,
+    "new_task_success_count": None,
+    "new_task_analyzing_count": None,
+    "new_task_flag_count": None,
+    "new_task_batch_code": "",
+    "new_task_message": "",
+    "new_task_checked_at": None,
+    "new_task_batch_id": None,
+    "follow_state": FollowState.NOT_FOLLOWED,
+    "follower_task_id": "",
+    "follow_next_at": None,
+    "follow_lease_until": None,
+    "follow_busy_until": None,
+    "compare_state": CompareState.NOT_COMPARED,
+    "compared_at": None,
+    "compare_error": "",
+    "before_count": None,
+    "fixed_count": None,
+    "still_count": None,
+    "new_count": None,
+    "compare_rows": [],
+    "notified_at": None,
+    "notification": "",
+}
+
+
 class RetryAttempt(models.Model):
     """One request by a dashboard user to re-import a task's kickouts."""
 
@@ -410,6 +442,43 @@ class RetryAttempt(models.Model):
 
     def mark_unknown(self, message: str) -> None:
         self._finish(Outcome.UNKNOWN, message=message)
+
+    # -- settling "outcome unknown" (kickouts/reconcile.py decides who may, and when) --
+
+    def mark_reconciled(self, decision: str, *, user, note: str, new_task_guid: str = "") -> None:
+        """A supervisor's decision on an "outcome unknown" retry: LINKED makes it submitted
+        with the task found in EnergyCAP's list; NONE_STARTED frees the task to retry."""
+        self.outcome = Outcome.SUBMITTED if decision == Reconciled.LINKED else Outcome.NONE_IMPORTED
+        if decision == Reconciled.LINKED:
+            self.new_task_guid = new_task_guid
+        self.reconciled = decision
+        self.reconciled_by = user
+        self.reconciled_at = timezone.now()
+        self.reconciled_note = note
+        self.save(
+            update_fields=[
+                "outcome",
+                "new_task_guid",
+                "reconciled",
+                "reconciled_by",
+                "reconciled_at",
+                "reconciled_note",
+            ]
+        )
+
+    def unmark_reconciled(self) -> None:
+        """Back to "outcome unknown", as EnergyCAP left it; a link's follow-up is forgotten."""
+        values: dict = {
+            "outcome": Outcome.UNKNOWN,
+            "reconciled": Reconciled.UNDECIDED,
+            "reconciled_by": None,
+            "reconciled_at": None,
+            "reconciled_note": "",
+        }
+        if self.reconciled == Reconciled.LINKED:
+            values.update(_FOLLOWED_FIELDS)
+        RetryAttempt.objects.filter(pk=self.pk).update(**values)
+        self.refresh_from_db()
 
     def record_task_status(self, task, checked_at=None) -> bool:
         """Store what the status panel (or refresh_retries) saw of the new task.
