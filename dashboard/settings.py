@@ -65,6 +65,8 @@ STATUS_POLL_SECONDS = env_float("STATUS_POLL_SECONDS", 3.0)
 STATUS_POLL_CAP_SECONDS = env_float("STATUS_POLL_CAP_SECONDS", 30 * 60)
 # The worker follows a retry's new task until it ends, or for at most this long.
 FOLLOW_UP_MAX_SECONDS = env_float("FOLLOW_UP_MAX_SECONDS", 24 * 3600)
+# The most imports one bulk retry sends.
+BULK_RETRY_MAX = int(os.environ.get("BULK_RETRY_MAX", "100"))
 # /health/ready/ answers 503 when a task has waited longer than this for a worker.
 WORKER_STALE_SECONDS = env_float("WORKER_STALE_SECONDS", 120)
 # The dashboard's address as people reach it: the links in emails.

@@ -31,6 +31,9 @@ class BatchMode:
     # What the review says EnergyCAP will do; {batch}, {code}, {closing} and {smart_path}
     # come from the cleaned form (RetryForm.review_values).
     review: str
+    # What the bulk review says happens to the batches for the whole set of {count} imports
+    # ({rest} = count - 1); {batch}, {code} and {smart_bulk} as in `review` (kickouts/bulk.py).
+    bulk_review: str = ""
     # The field whose typing shows, live, what EnergyCAP will do with it.
     previewed_field: str = ""
 
@@ -76,6 +79,7 @@ MODES = (
         review=(
             "EnergyCAP will add the re-imported bills to the open batch {batch} and leave it open."
         ),
+        bulk_review="use existing batch: all {count} go into open batch {batch}, which stays open.",
     ),
     BatchMode(
         "new batch",
@@ -86,6 +90,11 @@ MODES = (
         ),
         fields=(LEAVE_OPEN, NEW_CODE),
         review="EnergyCAP will make a new open batch named {code} and {closing}.",
+        # Only with "leave existing batches open" ticked (forms.BulkRetryForm.clean_new_batch).
+        bulk_review=(
+            "new batch: makes {count} new open batches, one per import, each named {code}; "
+            "the other open batches stay open."
+        ),
     ),
     BatchMode(
         "new self-contained batch",
@@ -95,6 +104,10 @@ MODES = (
         review=(
             "EnergyCAP will make a new batch named {code}, add the re-imported bills and "
             "close it; other open batches stay open."
+        ),
+        bulk_review=(
+            "new self-contained batch: makes {count} separate batches, each named {code} and "
+            "closed with its import."
         ),
     ),
     BatchMode(
@@ -106,6 +119,7 @@ MODES = (
             "EnergyCAP will add the re-imported bills to the pending batch {batch} and leave "
             "it pending."
         ),
+        bulk_review="use pending batch: all {count} go into pending batch {batch}.",
     ),
     BatchMode(
         "smart batch",
@@ -115,6 +129,7 @@ MODES = (
         ),
         fields=(NEW_CODE,),
         review="{smart_path}",
+        bulk_review="smart batch with code {code}: {smart_bulk}",
         previewed_field="new_batch_code",
     ),
 )

@@ -61,6 +61,8 @@ class SmartPath:
     sentence: str
     target: Batch | None = None
     error: str = ""
+    # The code's batch is closed: every import makes a batch of its own (a bulk retry's review).
+    new_batch_each_time: bool = False
 
 
 def refuse_control_characters(value: str, *, allow_line_breaks: bool = False) -> None:
@@ -186,6 +188,7 @@ class RetryForm(forms.Form):
         self.earlier_retry = earlier_retry
         self.may_repeat = may_repeat
         self.smart_batch_path: str = ""
+        self.smart_path: SmartPath | None = None
         self.target_batch: Batch | None = None
         api_user = choices.api_user.full_name or "the API user"
         self.fields["existing_open_batch_id"].widget.choices = [
@@ -367,6 +370,7 @@ class RetryForm(forms.Form):
             self.add_error("new_batch_code", path.error)
             return
         self.smart_batch_path = path.sentence
+        self.smart_path = path
         self.target_batch = path.target
 
     def smart_path_preview(self) -> str:
@@ -396,7 +400,8 @@ class RetryForm(forms.Form):
         if closed is not None:
             return SmartPath(
                 f"Batch {code} is closed, so EnergyCAP will make a new batch named {code} plus "
-                f"a GUID (as in new batch mode) and leave other batches open."
+                f"a GUID (as in new batch mode) and leave other batches open.",
+                new_batch_each_time=True,
             )
         if open_batch is not None and open_batch.is_owned_by(self.choices.api_user.user_id):
             return SmartPath(
@@ -491,6 +496,50 @@ class RetryForm(forms.Form):
             ),
             "smart_path": self.smart_batch_path,
         }
+
+
+class BulkRetryForm(RetryForm):
+    """The retry form for several imports at once: the same rules, checked once, plus the
+    rules that only a set of imports breaks. Duplicates are confirmed per import
+    (kickouts/bulk.py), so the single form's duplicate check is not used here."""
+
+    def __init__(self, *args, import_count: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.import_count = import_count
+
+    def clean_new_batch(self, data: dict) -> None:
+        super().clean_new_batch(data)
+        if self.import_count > 1 and not data.get("leave_existing_batches_open"):
+            self.add_error(
+                "leave_existing_batches_open",
+                f"Unticked, EnergyCAP closes the API user's open batch before making the new "
+                f"one, so each of the {self.import_count} imports would close the batch the "
+                f"one before it made. Tick Leave existing batches open, or choose another "
+                f"mode.",
+            )
+
+    def whole_set_sentence(self) -> str:
+        """What happens to the batches for the whole set (the mode's `bulk_review`)."""
+        mode = batch_modes.BY_VALUE[self.cleaned_data["batch_mode"]]
+        count = self.import_count
+        code = self.cleaned_data.get("new_batch_code") or "an automatic code"
+        path = self.smart_path
+        if path is None:
+            smart_bulk = ""
+        elif path.new_batch_each_time:
+            smart_bulk = (
+                f"batch {code} is closed, so each of the {count} makes a new batch named "
+                f"{code} plus a GUID."
+            )
+        elif path.target is not None:
+            smart_bulk = f"all {count} go into batch {path.target.batch_code}."
+        elif count == 1:
+            smart_bulk = f"it creates batch {code}."
+        else:
+            smart_bulk = f"the first creates batch {code}, the other {count - 1} are added to it."
+        return mode.bulk_review.format(
+            **self.review_values(), count=count, rest=count - 1, smart_bulk=smart_bulk
+        )
 
 
 def _batch_label(batch: Batch) -> str:

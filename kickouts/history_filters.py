@@ -27,7 +27,7 @@ PAGE_SIZE = 25
 STILL_RUNNING = "running"
 # Compared, and the new task still kicked out some of the source's rows (kickouts/compare.py).
 STILL_KICKING_OUT = "still_kicking_out"
-FILTERS = ("user", "date_from", "date_to", "outcome", "final_status", "batch_mode", "q")
+FILTERS = ("user", "date_from", "date_to", "outcome", "final_status", "batch_mode", "bulk", "q")
 FINAL_STATUS_CACHE_KEY = "history:final-statuses"
 FINAL_STATUS_CACHE_SECONDS = 60
 USERS_CACHE_KEY = "history:users"
@@ -138,6 +138,13 @@ class HistoryFilterForm(forms.Form):
         label="Batch mode",
         choices=[("", "Any batch mode"), *batch_modes.CHOICES],
         error_messages={"invalid_choice": "Choose a batch mode from the list."},
+    )
+    bulk = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2_147_483_647,
+        label="Bulk retry",
+        error_messages={"invalid": "A bulk retry's number, such as 12."},
     )
     q = forms.CharField(
         required=False,
@@ -273,6 +280,8 @@ def filter_retries(retries: QuerySet, filters: dict) -> QuerySet:
         retries = retries.filter(new_task_status=filters["final_status"], new_task_finished=True)
     if filters.get("batch_mode"):
         retries = retries.filter(batch_mode=filters["batch_mode"])
+    if filters.get("bulk"):
+        retries = retries.filter(bulk_id=filters["bulk"])
     if filters.get("q"):
         retries = retries.filter(search_condition(filters["q"]))
     return retries

@@ -140,6 +140,38 @@ class RetryAttemptQuerySet(models.QuerySet):
         )
 
 
+# What a linked retry gained from following its task, cleared when the link is reversed.
+_FOLLOWED_FIELDS = {
+    "new_task_guid": "",
+    "new_task_status": "",
+    "new_task_finished": False,
+    "new_task_begin_date": None,
+    "new_task_end_date": None,
+    "new_task_success_count": None,
+    "new_task_analyzing_count": None,
+    "new_task_flag_count": None,
+    "new_task_batch_code": "",
+    "new_task_message": "",
+    "new_task_checked_at": None,
+    "new_task_batch_id": None,
+    "follow_state": FollowState.NOT_FOLLOWED,
+    "follower_task_id": "",
+    "follow_next_at": None,
+    "follow_lease_until": None,
+    "follow_busy_until": None,
+    "compare_state": CompareState.NOT_COMPARED,
+    "compared_at": None,
+    "compare_error": "",
+    "before_count": None,
+    "fixed_count": None,
+    "still_count": None,
+    "new_count": None,
+    "compare_rows": [],
+    "notified_at": None,
+    "notification": "",
+}
+
+
 class RetryAttempt(models.Model):
     """One request by a dashboard user to re-import a task's kickouts."""
 
@@ -189,6 +221,14 @@ class RetryAttempt(models.Model):
     new_task_message = models.TextField(blank=True)
     new_task_checked_at = models.DateTimeField(null=True, blank=True)
     new_task_batch_id = models.IntegerField(null=True, blank=True)
+    # The bulk retry this retry was one import of (kickouts/bulk.py), if any.
+    bulk = models.ForeignKey(
+        "kickouts.BulkRetry",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="retries",
+    )
 
     # Following the new task in the background (kickouts/tasks.py).
     follow_state = models.CharField(
@@ -322,6 +362,7 @@ class RetryAttempt(models.Model):
         import_note: str,
         payload: dict,
         confirmed_duplicate_of: RetryAttempt | None = None,
+        bulk=None,
         stale_after: timedelta = timedelta(minutes=5),
     ) -> RetryAttempt:
         """Write the record in state "submitting", before anything is sent.
@@ -347,6 +388,7 @@ class RetryAttempt(models.Model):
             batch_code=batch_code,
             import_note=import_note,
             payload=payload,
+            bulk=bulk,
         )
         try:
             with transaction.atomic():
@@ -400,6 +442,43 @@ class RetryAttempt(models.Model):
 
     def mark_unknown(self, message: str) -> None:
         self._finish(Outcome.UNKNOWN, message=message)
+
+    # -- settling "outcome unknown" (kickouts/reconcile.py decides who may, and when) --
+
+    def mark_reconciled(self, decision: str, *, user, note: str, new_task_guid: str = "") -> None:
+        """A supervisor's decision on an "outcome unknown" retry: LINKED makes it submitted
+        with the task found in EnergyCAP's list; NONE_STARTED frees the task to retry."""
+        self.outcome = Outcome.SUBMITTED if decision == Reconciled.LINKED else Outcome.NONE_IMPORTED
+        if decision == Reconciled.LINKED:
+            self.new_task_guid = new_task_guid
+        self.reconciled = decision
+        self.reconciled_by = user
+        self.reconciled_at = timezone.now()
+        self.reconciled_note = note
+        self.save(
+            update_fields=[
+                "outcome",
+                "new_task_guid",
+                "reconciled",
+                "reconciled_by",
+                "reconciled_at",
+                "reconciled_note",
+            ]
+        )
+
+    def unmark_reconciled(self) -> None:
+        """Back to "outcome unknown", as EnergyCAP left it; a link's follow-up is forgotten."""
+        values: dict = {
+            "outcome": Outcome.UNKNOWN,
+            "reconciled": Reconciled.UNDECIDED,
+            "reconciled_by": None,
+            "reconciled_at": None,
+            "reconciled_note": "",
+        }
+        if self.reconciled == Reconciled.LINKED:
+            values.update(_FOLLOWED_FIELDS)
+        RetryAttempt.objects.filter(pk=self.pk).update(**values)
+        self.refresh_from_db()
 
     def record_task_status(self, task, checked_at=None) -> bool:
         """Store what the status panel (or refresh_retries) saw of the new task.
@@ -521,8 +600,9 @@ class UserSettings(models.Model):
         return found if found is not None else cls(user=user)
 
 
-# -- the kickout queue (its own module, kept apart from the retry record) --
+# -- the kickout queue and bulk retries (their own modules, kept apart from the retry record) --
 
+from .bulk_models import BulkLine, BulkRetry, BulkState, LineState  # noqa: E402, F401
 from .queue_models import (  # noqa: E402, F401
     HandledChange,
     HandledReason,

@@ -33,6 +33,15 @@ class ImportSnapshotQuerySet(models.QuerySet):
     def handled(self) -> ImportSnapshotQuerySet:
         return self.exclude(handled_reason="")
 
+    def user_names(self):
+        """The EnergyCAP users who ran the stored imports, for the user filters' choices."""
+        return (
+            self.exclude(user_full_name="")
+            .order_by("user_full_name")
+            .values_list("user_full_name", flat=True)
+            .distinct()
+        )
+
 
 class ImportSnapshot(models.Model):
     """One bill import that ended "Completed with kickouts", as the dashboard stored it."""

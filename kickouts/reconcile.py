@@ -17,12 +17,9 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from . import energycap
 from .models import (
-    CompareState,
-    FollowState,
     Outcome,
     Reconciled,
     ReconcileDecision,
@@ -122,21 +119,8 @@ def link(attempt: RetryAttempt, *, user, task_guid: str, note: str = "") -> Retr
         raise ReconcileError(f"That task is already the new task of retry #{chosen.taken_by}.")
     with transaction.atomic():
         locked = _locked_unknown(attempt.pk)
-        locked.outcome = Outcome.SUBMITTED
-        locked.new_task_guid = chosen.task.guid
-        locked.reconciled = Reconciled.LINKED
-        locked.reconciled_by = user
-        locked.reconciled_at = timezone.now()
-        locked.reconciled_note = note
-        locked.save(
-            update_fields=[
-                "outcome",
-                "new_task_guid",
-                "reconciled",
-                "reconciled_by",
-                "reconciled_at",
-                "reconciled_note",
-            ]
+        locked.mark_reconciled(
+            Reconciled.LINKED, user=user, note=note, new_task_guid=chosen.task.guid
         )
         _decide(locked, user=user, decision=Reconciled.LINKED, note=note, task=chosen.task)
         # The source import leaves the kickout queue as re-imported, as at a submit.
@@ -155,54 +139,9 @@ def none_started(attempt: RetryAttempt, *, user, note: str = "") -> RetryAttempt
     """ "Nothing was imported": the task is free to retry without the duplicate confirmation."""
     with transaction.atomic():
         locked = _locked_unknown(attempt.pk)
-        locked.outcome = Outcome.NONE_IMPORTED
-        locked.reconciled = Reconciled.NONE_STARTED
-        locked.reconciled_by = user
-        locked.reconciled_at = timezone.now()
-        locked.reconciled_note = note
-        locked.save(
-            update_fields=[
-                "outcome",
-                "reconciled",
-                "reconciled_by",
-                "reconciled_at",
-                "reconciled_note",
-            ]
-        )
+        locked.mark_reconciled(Reconciled.NONE_STARTED, user=user, note=note)
         _decide(locked, user=user, decision=Reconciled.NONE_STARTED, note=note)
     return locked
-
-
-# Fields a linked retry gained from following its task, cleared when the link is reversed.
-_FOLLOWED_FIELDS = {
-    "new_task_guid": "",
-    "new_task_status": "",
-    "new_task_finished": False,
-    "new_task_begin_date": None,
-    "new_task_end_date": None,
-    "new_task_success_count": None,
-    "new_task_analyzing_count": None,
-    "new_task_flag_count": None,
-    "new_task_batch_code": "",
-    "new_task_message": "",
-    "new_task_checked_at": None,
-    "new_task_batch_id": None,
-    "follow_state": FollowState.NOT_FOLLOWED,
-    "follower_task_id": "",
-    "follow_next_at": None,
-    "follow_lease_until": None,
-    "follow_busy_until": None,
-    "compare_state": CompareState.NOT_COMPARED,
-    "compared_at": None,
-    "compare_error": "",
-    "before_count": None,
-    "fixed_count": None,
-    "still_count": None,
-    "new_count": None,
-    "compare_rows": [],
-    "notified_at": None,
-    "notification": "",
-}
 
 
 def reverse(attempt: RetryAttempt, *, user, note: str = "") -> RetryAttempt:
@@ -212,21 +151,11 @@ def reverse(attempt: RetryAttempt, *, user, note: str = "") -> RetryAttempt:
             locked = RetryAttempt.objects.select_for_update().get(pk=attempt.pk)
             if not locked.reconciled:
                 raise ReconcileError("There is no decision to reverse.")
-            values: dict = {
-                "outcome": Outcome.UNKNOWN,
-                "reconciled": Reconciled.UNDECIDED,
-                "reconciled_by": None,
-                "reconciled_at": None,
-                "reconciled_note": "",
-            }
-            if locked.reconciled == Reconciled.LINKED:
-                values.update(_FOLLOWED_FIELDS)
-            RetryAttempt.objects.filter(pk=locked.pk).update(**values)
+            locked.unmark_reconciled()
             _decide(locked, user=user, decision=Reconciled.UNDECIDED, note=note)
     except IntegrityError:
         raise ReconcileError(
             "The task was retried again since nothing was recorded as imported; that retry "
             "holds its place now, so this decision cannot be reversed."
         ) from None
-    locked.refresh_from_db()
     return locked

@@ -136,13 +136,40 @@ def submit_kickout_retry(
         # This user has a retry now (a refused one is recorded too): the history's
         # "Asked by" list may need them at once, not a minute later.
         forget_people_with_retries()
-    current = task
-    if not rechecked:
+    send_started_retry(
+        attempt, user=user, guid=task.guid, api=api, rechecked_task=task if rechecked else None
+    )
+    return attempt
+
+
+class Recheck:
+    """What the look at the task right before sending found (`send_started_retry`)."""
+
+    SENT = "sent"  # the task could still be retried: the POST went out
+    STATUS_CHANGED = "status changed"
+    CHECK_FAILED = "check failed"
+
+
+def send_started_retry(
+    attempt: RetryAttempt, *, user, guid: str, api=None, rechecked_task: Task | None = None
+) -> str:
+    """The part of a retry after its record is written: the re-check of the task, one POST,
+    the outcome recorded. A single retry and each import of a bulk retry go through here.
+
+    `rechecked_task` is the task as fetched in this request right before (the send step
+    fetches it beside the batches): that is the look, and the task is not fetched twice.
+    Returns a `Recheck` value; the attempt holds the outcome.
+    """
+    api = api or energycap.client()
+    current = rechecked_task
+    if current is None:
+        # Right before sending, look at the task again: someone may have re-imported
+        # it in EnergyCAP itself since the form was opened.
         try:
-            current = api.get_task(task.guid)
+            current = api.get_task(guid)
         except EnergyCapError as exc:
             attempt.mark_not_sent(f"Not sent: the task could not be checked again. {exc.message}")
-            return attempt
+            return Recheck.CHECK_FAILED
     if not current.can_retry_kickouts:
         attempt.mark_not_sent(
             f"Not sent: the task's status is now “{current.status or 'unknown'}”"
@@ -150,22 +177,22 @@ def submit_kickout_retry(
             + ", and EnergyCAP only re-imports the kickouts of a bill import that is "
             "“Completed with kickouts”."
         )
-        return attempt
+        return Recheck.STATUS_CHANGED
     attempt.mark_sending()
-    answer = api.reimport_kickouts(task.guid, attempt.payload)
+    answer = api.reimport_kickouts(guid, attempt.payload)
     record_answer(attempt, answer)
     if answer.verdict == Verdict.ACCEPTED:
         # The import leaves the kickout queue as re-imported (kickouts/snapshots.py).
-        snapshots.mark_reimported(task, user)
+        snapshots.mark_reimported(current, user)
     logger.info(
         "Retry #%s of task %s by %s: %s (%s)",
         attempt.pk,
-        task.guid,
+        guid,
         user.get_username(),
         attempt.outcome,
         answer.answer,
     )
-    return attempt
+    return Recheck.SENT
 
 
 def record_answer(attempt: RetryAttempt, answer: ReimportAnswer) -> None:

@@ -379,3 +379,74 @@ def snapshot_in_background(guids: list[str]) -> None:
     """The task list found new imports with kickouts: a worker stores them."""
     if guids:
         transaction.on_commit(lambda: take_kickout_snapshots.enqueue(list(guids)))
+
+
+# -- bulk retries: one import per step, never two POSTs of one bulk at once --
+
+
+def bulk_step_margin() -> timedelta:
+    """The longest one import's step can take: the re-check (with its retries) and the POST."""
+    one_call = settings.ENERGYCAP_CONNECT_TIMEOUT + settings.ENERGYCAP_READ_TIMEOUT
+    recheck = settings.ENERGYCAP_GET_ATTEMPTS * one_call + settings.ENERGYCAP_MAX_RETRY_AFTER
+    return timedelta(seconds=recheck + one_call + 5)
+
+
+def start_bulk(bulk_id: int) -> None:
+    """Hand a bulk retry to the worker (after the bulk is committed)."""
+    from .bulk_models import BulkRetry
+
+    with transaction.atomic():
+        first = send_bulk_step.enqueue(bulk_id)
+        BulkRetry.objects.filter(pk=bulk_id, step_task_id="").update(step_task_id=str(first.id))
+
+
+@task(takes_context=True)
+def send_bulk_step(context: TaskContext, bulk_id: int) -> str:
+    """Send the next import of a bulk retry, then hand over to the next step.
+
+    Before it sends, a step queues its successor and names it on the bulk (with, until when
+    and on which worker it is busy), in one transaction holding the bulk's row: only the
+    named step may go on, and it waits while another worker is still busy with this bulk.
+    A worker killed mid-step leaves the successor queued; each import's own retry record
+    (its token derived from the bulk's) makes sure a resumed step never sends it twice.
+    """
+    from . import bulk as bulk_logic
+    from .bulk_models import BulkRetry
+
+    step_id = str(context.task_result.id)
+    worker_ids = context.task_result.worker_ids
+    worker_id = worker_ids[-1] if worker_ids else ""
+    now = timezone.now()
+    wait = timedelta(seconds=settings.STATUS_POLL_SECONDS)
+    with transaction.atomic():
+        bulk = BulkRetry.objects.select_for_update().filter(pk=bulk_id).first()
+        if bulk is None or not bulk.is_running:
+            return "bulk not running"
+        if bulk.step_task_id != step_id:
+            return "another step sends this bulk"
+        # A worker runs one task at a time: if the busy step ran on this same worker, it died.
+        busy = bulk.busy_until is not None and bulk.busy_until > now
+        if busy and bulk.worker_id != worker_id:
+            later = send_bulk_step.using(run_after=now + wait).enqueue(bulk_id)
+            BulkRetry.objects.filter(pk=bulk_id).update(step_task_id=str(later.id))
+            return "waiting for the step still sending"
+        # The successor comes due after one polling interval: it waits while this step is
+        # busy on another worker, and takes over at once on this worker after a restart.
+        successor = send_bulk_step.using(run_after=now + wait).enqueue(bulk_id)
+        BulkRetry.objects.filter(pk=bulk_id).update(
+            step_task_id=str(successor.id),
+            busy_until=now + bulk_step_margin(),
+            worker_id=worker_id,
+        )
+    more = bulk_logic.send_next_line(bulk)
+    with transaction.atomic():
+        if more:
+            # Go on at once rather than when the successor above falls due; that one then
+            # finds another step named and ends.
+            nxt = send_bulk_step.enqueue(bulk_id)
+            BulkRetry.objects.filter(pk=bulk_id, step_task_id=str(successor.id)).update(
+                step_task_id=str(nxt.id), busy_until=None
+            )
+        else:
+            BulkRetry.objects.filter(pk=bulk_id).update(busy_until=None, step_task_id="")
+    return "sent one import" if more else "bulk finished"

@@ -1,7 +1,7 @@
 from django.urls import path, register_converter
 
 from .converters import GuidConverter
-from .views import account, health, history, queue, reconcile, retries, tasks
+from .views import account, bulk, health, history, queue, reconcile, retries, tasks
 
 register_converter(GuidConverter, "guid")
 
@@ -13,6 +13,10 @@ urlpatterns = [
     path("retries/<int:pk>/", retries.retry_detail, name="retry_detail"),
     path("retries/<int:pk>/status/", retries.status_panel, name="status_panel"),
     path("retries/<int:pk>/reconcile/", reconcile.decide, name="reconcile_retry"),
+    path("bulk/", bulk.bulk_form, name="bulk_form"),
+    path("bulk/<int:pk>/", bulk.bulk_detail, name="bulk_detail"),
+    path("bulk/<int:pk>/cancel/", bulk.bulk_cancel, name="bulk_cancel"),
+    path("bulks/", bulk.bulk_list, name="bulk_list"),
     path("history/", history.history, name="history"),
     path("history.csv", history.history_csv, name="history_csv"),
     path("kickouts/", queue.queue, name="queue"),

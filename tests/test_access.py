@@ -52,6 +52,14 @@ EXPECTED: dict[str, dict[str, dict[str, int]] | str] = {
     "smart_batch_preview": {"GET": RETRIERS, "HTMX": RETRIERS},
     "retry_detail": {"GET": OWNER_OR_SUPERVISOR, "HTMX": OWNER_OR_SUPERVISOR},
     "status_panel": {"GET": PANEL_PAGE, "HTMX": OWNER_OR_SUPERVISOR},
+    # The bulk retry's own routes; <int:pk> is the clerk's retry's id, and no bulk has it.
+    "bulk_form": {"POST": RETRIERS, "HTMX POST": RETRIERS},
+    "bulk_detail": {"GET": dict.fromkeys(ROLES, 404), "HTMX": dict.fromkeys(ROLES, 404)},
+    "bulk_cancel": {"POST": {**dict.fromkeys(ROLES, 404), "outsider": 403}},
+    "bulk_list": {
+        "GET": {**dict.fromkeys(ROLES, 403), "supervisor": 200},
+        "HTMX": {**dict.fromkeys(ROLES, 403), "supervisor": 200},
+    },
     "history": {"GET": RETRIERS, "HTMX": RETRIERS},
     "history_csv": {"GET": RETRIERS},
     "queue": {"GET": EVERYONE, "HTMX": EVERYONE},

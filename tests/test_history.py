@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from kickouts.history_filters import USERS_CACHE_KEY, search_condition
+from kickouts.history_filters import FILTERS, USERS_CACHE_KEY, search_condition
 from kickouts.models import Outcome, RetryAttempt
 
 from .factories import make_retry
@@ -199,8 +199,8 @@ def test_the_table_has_a_caption_and_scoped_headers_and_the_filters_have_labels(
     retry(clerk)
     body = supervisor_client.get(HISTORY).content.decode()
     assert "<caption>Retries, newest first</caption>" in body
-    assert body.count('<th scope="col">') == 8 and '<th scope="row">' in body
-    for name in ("user", "date_from", "date_to", "outcome", "final_status", "batch_mode", "q"):
+    assert body.count('<th scope="col">') == 9 and '<th scope="row">' in body
+    for name in FILTERS:
         assert f'<label for="id_{name}">' in body, name
     assert 'aria-describedby="id_q_helptext"' in body and 'id="id_q_helptext"' in body
 
@@ -567,8 +567,9 @@ def test_the_csv_has_a_header_and_utc_times(supervisor_client, clerk, settings):
         "reconciled_by",
         "reconciled_at_utc",
         "reconciled_note",
+        "bulk_id",
     ]
-    assert row[12:] == [""] * 9  # never compared, never reconciled
+    assert row[12:] == [""] * 10  # never compared, never reconciled, in no bulk
     assert row[:12] == [
         str(done.pk),
         "2026-11-20T09:12:31Z",

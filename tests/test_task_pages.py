@@ -209,3 +209,21 @@ def test_the_back_button_restores_the_whole_task_list(clerk_client):
         reverse("task_list"), HTTP_HX_REQUEST="true", HTTP_HX_HISTORY_RESTORE_REQUEST="true"
     )
     assert "<html" in response.content.decode()
+
+
+def test_the_task_page_says_what_to_do_about_each_kickout_message(clerk_client, sandbox):
+    """Each message gets the cause's fix from kickouts/causes.py, or "no advice yet"."""
+    task = sandbox.add_task(kickout_messages=["Account not found", "Something nobody documented"])
+    body = clerk_client.get(reverse("task_detail", args=[task["taskGUId"]])).content.decode()
+    advice = body[body.index("What to do about each message") :]
+    assert "Add an account code alias" in advice and "Re-import after the fix." in advice
+    assert "Something nobody documented" in advice and "No advice yet." in advice
+
+
+def test_the_user_filter_suggests_the_energycap_users_of_stored_imports(clerk_client, sandbox):
+    """The names offered are those of imports the dashboard stored; any name can be typed."""
+    from kickouts.queue_models import ImportSnapshot
+
+    ImportSnapshot.objects.create(task_guid=KICKOUT_TASK_GUID, user_full_name="Lena Fischer")
+    body = clerk_client.get(reverse("task_list")).content.decode()
+    assert 'list="energycap-users"' in body and '<option value="Lena Fischer"></option>' in body

@@ -21,7 +21,7 @@ def grant_reconcile_retry(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('kickouts', '0007_kickout_queue'),
+        ('kickouts', '0008_bulk_retry'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

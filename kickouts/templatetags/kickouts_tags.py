@@ -2,13 +2,15 @@ import json
 
 from django import template
 
-from .. import batch_modes, formatting
+from .. import batch_modes, causes, formatting
 
 register = template.Library()
 
 register.filter("bill_counts", formatting.bill_counts)
 register.simple_tag(formatting.local_time, name="local_time")
 register.simple_tag(formatting.status_badge, name="status_badge")
+# What to do about a kickout message: kickouts/causes.py, the one table of causes.
+register.filter("advice", causes.advice_for)
 
 
 @register.filter

@@ -40,6 +40,7 @@ PAGE_COLUMNS = (
     "reconciled_by__username",
     "reconciled_by__first_name",
     "reconciled_by__last_name",
+    "bulk",
 )
 # (CSV column, database value), so the header and the values cannot drift apart.
 CSV_COLUMNS = (
@@ -64,6 +65,7 @@ CSV_COLUMNS = (
     ("reconciled_by", "reconciled_by__username"),
     ("reconciled_at_utc", "reconciled_at"),
     ("reconciled_note", "reconciled_note"),
+    ("bulk_id", "bulk_id"),
 )
 CSV_CHUNK_ROWS = 2000
 CSV_PIECE_ROWS = 500

@@ -159,10 +159,7 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         "listing_asked": listing_asked,
         "chosen": chosen,
         "periods": PERIODS,
-        "users": ImportSnapshot.objects.exclude(user_full_name="")
-        .order_by("user_full_name")
-        .values_list("user_full_name", flat=True)
-        .distinct(),
+        "users": ImportSnapshot.objects.user_names(),
         "progress": progress,
         "groups": cached_queue_groups(chosen, chosen.listed()),
         "handled": (

@@ -16,6 +16,7 @@ from ..decorators import login_required
 from ..energycap import Answers, EnergyCapError, NotFound
 from ..forms import INT32_MAX
 from ..models import RetryAttempt
+from ..queue_models import ImportSnapshot
 from ..retries import batch_choice_calls, build_retry_form, load_batch_choices
 
 PERIODS = {"7": 7, "30": 30, "90": 90}
@@ -68,6 +69,8 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
         "page_sizes": PAGE_SIZES,
         "only_kickouts": only_kickouts,
         "full_name": full_name,
+        # Suggestions only: EnergyCAP's filter takes any full name, typed exactly.
+        "known_users": ImportSnapshot.objects.user_names(),
         "page": None,
         "tasks": [],
         "error": None,

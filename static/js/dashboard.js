@@ -54,3 +54,31 @@
     localiseTimes(event.detail.target);
   });
 })();
+
+// Bulk retry: "select all on this page" and the count on "Retry selected (N)". Without
+// JavaScript the checked boxes are posted as they are, and "Retry all on this page" stands in.
+(function () {
+  function boxes(form) {
+    // Checkboxes inside the form and those tied to it by a form="…" attribute alike.
+    return Array.from(document.querySelectorAll('input[type="checkbox"][name="task"]')).filter(
+      function (box) { return box.form === form; }
+    );
+  }
+  function refresh(form) {
+    var checked = boxes(form).filter(function (b) { return b.checked; }).length;
+    var count = form.querySelector(".selected-count");
+    if (count) count.textContent = String(checked);
+    var all = form.querySelector(".select-all");
+    if (all) all.checked = checked > 0 && checked === boxes(form).length;
+  }
+  document.addEventListener("change", function (event) {
+    var target = event.target;
+    if (target.matches(".bulk-select .select-all")) {
+      var form = target.closest("form");
+      boxes(form).forEach(function (b) { b.checked = target.checked; });
+      refresh(form);
+    } else if (target.matches('input[type="checkbox"][name="task"]')) {
+      if (target.form && target.form.classList.contains("bulk-select")) refresh(target.form);
+    }
+  });
+})();

@@ -1,0 +1,126 @@
+"""Bulk retry: the selection's review, send, the bulk's page and its progress, cancel, and the
+supervisors' list of bulks. The logic is in kickouts/bulk.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+from django.conf import settings
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from .. import bulk as bulk_logic
+from .. import energycap
+from ..bulk_models import BulkRetry
+from ..decorators import login_required, permission_required
+from ..energycap import EnergyCapError
+from ..retries import load_batch_choices
+from .tasks import HtmxHttpRequest
+
+
+def _fingerprint(guids: list[str], body: dict) -> str:
+    """What was reviewed: a Send of anything else shows the review again."""
+    text = json.dumps([guids, body], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@require_POST
+@login_required
+@permission_required("kickouts.submit_retry")
+def bulk_form(request: HtmxHttpRequest) -> HttpResponse:
+    """The selected imports, one form, one review; "send" makes the bulk (once per token)."""
+    guids = bulk_logic.selected_guids(request.POST)
+    action = request.POST.get("action", "choose")
+    context: dict = {"guids": guids, "limit": settings.BULK_RETRY_MAX}
+    if not guids:
+        context["refusal"] = "No import was selected: tick the imports to retry, then try again."
+        return render(request, "kickouts/bulk_review.html", context)
+    if refusal := bulk_logic.too_many(len(guids)):
+        context["refusal"] = refusal
+        return render(request, "kickouts/bulk_review.html", context)
+    if action == "send":
+        earlier = BulkRetry.objects.filter(
+            form_token=_uuid_or_none(request.POST.get("form_token")), requested_by=request.user
+        ).first()
+        if earlier is not None:  # the same form sent again: show what the first one did
+            return redirect(earlier)
+    candidates = bulk_logic.review_imports(request.user, guids, request.POST)
+    sendable = [c for c in candidates if c.sendable]
+    context["candidates"] = candidates
+    context["sendable"] = sendable
+    try:
+        choices = load_batch_choices(energycap.client())
+    except EnergyCapError as exc:
+        context["error"] = exc
+        return render(request, "kickouts/bulk_review.html", context)
+    data = request.POST if action in ("review", "send") else None
+    initial = None if data is not None else {}
+    form = bulk_logic.build_bulk_form(
+        data, choices=choices, import_count=len(sendable), initial=initial
+    )
+    context["form"] = form
+    if data is None or not form.is_valid() or not sendable:
+        return render(request, "kickouts/bulk_review.html", context)
+    body = form.payload()
+    fingerprint = _fingerprint([c.guid for c in sendable], body)
+    if action == "send" and request.POST.get("reviewed") == fingerprint:
+        bulk = bulk_logic.create_bulk(user=request.user, form=form, candidates=candidates)
+        return redirect(bulk)
+    context.update(
+        reviewed=fingerprint,
+        payload=json.dumps(body, indent=2, ensure_ascii=False),
+        whole_set=form.whole_set_sentence(),
+    )
+    return render(request, "kickouts/bulk_review.html", context)
+
+
+def _uuid_or_none(value):
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def _visible_bulk(request, pk: int) -> BulkRetry:
+    bulk = bulk_logic.visible_bulks(request.user).filter(pk=pk).first()
+    if bulk is None:
+        raise Http404("No such bulk retry.")
+    return bulk
+
+
+@require_GET
+@login_required
+def bulk_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The bulk's page; its progress partial is polled (286 stops htmx once it is done)."""
+    bulk = _visible_bulk(request, pk)
+    context = {
+        "bulk": bulk,
+        "progress": bulk_logic.progress(bulk),
+        "lines": bulk.lines.select_related("retry").order_by("position"),
+        "poll_delay": f"{settings.STATUS_POLL_SECONDS:g}s",
+    }
+    if request.htmx and request.GET.get("panel") == "progress":
+        status = 200 if bulk.is_running else 286
+        return render(request, "kickouts/bulk_detail.html#progress", context, status=status)
+    return render(request, "kickouts/bulk_detail.html", context)
+
+
+@require_POST
+@login_required
+@permission_required("kickouts.submit_retry")
+def bulk_cancel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    bulk = _visible_bulk(request, pk)
+    bulk_logic.cancel(bulk)
+    return redirect(bulk)
+
+
+@require_GET
+@login_required
+@permission_required("kickouts.view_all_retries")
+def bulk_list(request: HtmxHttpRequest) -> HttpResponse:
+    """Every bulk retry with its outcome counts (supervisors)."""
+    bulks = bulk_logic.with_counts(BulkRetry.objects.all())[:200]
+    return render(request, "kickouts/bulk_list.html", {"bulks": bulks})
