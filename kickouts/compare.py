@@ -23,7 +23,7 @@ from django.utils import timezone
 from . import energycap, snapshots
 from .energycap import EnergyCapError
 from .models import CompareState, RetryAttempt
-from .queue_models import HandledReason, KickoutRow
+from .queue_models import HandledReason, ImportSnapshot, KickoutRow
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,9 @@ def compare_retry(attempt: RetryAttempt) -> str:
         return "not ended"
     kind = _ended(attempt.new_task_status)
     if kind == "failed":
-        return _store(attempt, state=CompareState.NEW_TASK_FAILED)
+        state = _store(attempt, state=CompareState.NEW_TASK_FAILED)
+        _back_in_the_queue(attempt)
+        return state
     if kind == "other":
         return _store(
             attempt,
@@ -161,6 +163,19 @@ def compare_retry(attempt: RetryAttempt) -> str:
         )
     result = compare_rows(source.rows.order_by("position"), after)
     return _store(attempt, state=CompareState.COMPARED, result=result)
+
+
+def _back_in_the_queue(attempt: RetryAttempt) -> None:
+    """A re-import that failed imported nothing: the source import's kickouts are still to do,
+    so the queue shows them again. Only the dashboard's own "re-imported" mark is undone;
+    a reason a person chose (a corrected file, ignored) stays."""
+    source = ImportSnapshot.objects.filter(task_guid=attempt.source_task_guid).first()
+    if source is not None and source.handled_reason == HandledReason.REIMPORTED:
+        source.reopen(
+            user=None,
+            note=f"The re-import of retry #{attempt.pk} ended “{attempt.new_task_status}”: "
+            "nothing was imported, so its kickouts are open again.",
+        )
 
 
 def worth_trying_again(attempt: RetryAttempt) -> bool:

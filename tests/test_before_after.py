@@ -155,6 +155,28 @@ def test_a_failed_new_task_says_so_and_compares_nothing(clerk, clerk_client, san
     assert "The new import failed, so nothing was compared" in body
 
 
+def test_a_failed_re_import_puts_the_source_import_back_in_the_queue(clerk, supervisor, sandbox):
+    """Nothing was imported: the dashboard's own "re-imported" mark is undone, a person's is not."""
+    from kickouts import snapshots
+
+    attempt = ended_retry(clerk, KICKOUT_TASK_GUID, FAILED_TASK_GUID, status="Failed")
+    source = snapshots.ensure_snapshot(snapshots.energycap.client().get_task(KICKOUT_TASK_GUID))
+    source.mark_handled(user=clerk, reason=HandledReason.REIMPORTED, note="submitted")
+    compare.compare_retry(attempt)
+    source.refresh_from_db()
+    assert not source.is_handled
+    change = source.handled_changes.order_by("-changed_at", "-pk").first()
+    assert change.changed_by is None and f"retry #{attempt.pk}" in change.note
+
+    other = ended_retry(
+        clerk, KICKOUT_TASK_GUID, FAILED_TASK_GUID, status="Failed", duplicate_sequence=1
+    )
+    source.mark_handled(user=supervisor, reason=HandledReason.CORRECTED_FILE, note="new file")
+    compare.compare_retry(other)
+    source.refresh_from_db()
+    assert source.handled_reason == HandledReason.CORRECTED_FILE
+
+
 def test_comparing_twice_fetches_nothing_more(mixed, sandbox):
     """The snapshots are stored once: a second comparison costs EnergyCAP nothing."""
     compare.compare_retry(mixed)

@@ -193,12 +193,10 @@ def _render_panel(request, task, context, status=200, answers=None) -> HttpRespo
 @login_required
 def retry_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     attempt = _visible_attempt(request, pk)
-    context = {
-        "attempt": attempt,
-        "lineage": lineage.for_task(attempt.source_task_guid),
-        "new_lineage": lineage.for_task(attempt.new_task_guid) if attempt.new_task_guid else None,
-    }
+    context = {"attempt": attempt}
+    # The panel first: a reading it stores is then what the retry chain shows too.
     context.update(panel_context(request, attempt, watch_started=time.time(), failures=0))
+    context["lineage"] = lineage.for_task(attempt.source_task_guid)
     context["email_note"] = email_note(attempt, request.user)
     from .reconcile import retry_page_context  # it reads this module's _visible_attempt
 
