@@ -10,6 +10,8 @@ from urllib.parse import urlencode
 import pytest
 import responses
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from kickouts import snapshots
@@ -222,6 +224,17 @@ def test_a_group_pages_its_imports(clerk_client, sandbox, db):
     assert first.context["imports"].paginator.count == 30
     assert len(first.context["imports"]) == 25 and len(second.context["imports"]) == 5
     assert "30 rows in 30 imports" in first.content.decode()
+
+
+def test_a_group_counts_its_rows_and_imports_once_whatever_the_pages(clerk_client, quinns_imports):
+    """One query counts the rows and the imports; the pagers reuse those counts."""
+    with CaptureQueriesContext(connection) as queries:
+        response = clerk_client.get(reverse("queue_group"), {"user": QUINN, "message": ACCOUNT})
+    assert "7 rows in 3 imports" in response.content.decode()
+    assert response.context["imports"].paginator.num_pages == 1
+    assert len(response.context["imports"]) == 3
+    counting = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert len(counting) == 1
 
 
 def test_a_group_pages_its_rows(clerk_client, sandbox, db):
