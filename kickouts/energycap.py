@@ -373,20 +373,23 @@ class Scrubber:
         return text
 
     def hides_a_secret(self, text: str) -> bool:
-        r"""Whether JSON text spells a secret with \u escapes."""
+        r"""Whether JSON text carries a secret, as written or spelled with \u escapes."""
+        if any(secret in text for secret in self.secrets):
+            return True
         if "\\u" not in text:
             return False
         unescaped = _UNICODE_ESCAPE_RE.sub(lambda m: chr(int(m[1], 16)), text)
         return any(secret in unescaped for secret in self.secrets)
 
     def data(self, data: Any) -> Any:
-        """Every string in parsed JSON (keys too), for text that was escaped past `text`."""
+        """Every string value in parsed JSON. Keys are names the parsers look up, not text
+        anyone is shown; scrubbing them would turn `taskGUId` into nonsense for a short key."""
         if isinstance(data, str):
             return self.text(data)
         if isinstance(data, list):
             return [self.data(item) for item in data]
         if isinstance(data, dict):
-            return {self.text(key): self.data(value) for key, value in data.items()}
+            return {key: self.data(value) for key, value in data.items()}
         return data
 
 
@@ -416,11 +419,11 @@ def _text(response: requests.Response) -> str:
 
 
 def _json(response: requests.Response, scrubber: Scrubber) -> Any:
-    """The answer's JSON, read from its scrubbed text; ValueError when it is not JSON."""
+    """The answer's JSON with every secret scrubbed from its strings; ValueError when it is not
+    JSON. Parsed first, then scrubbed, so a secret can never break the JSON's structure; the
+    walk over the parsed data happens only when the text carries a secret at all."""
     text = _text(response)
-    data = json.loads(scrubber.text(text))
-    # A \u escape can spell a secret that the text did not contain as written; walking
-    # the parsed data costs milliseconds on a long list, so only when one really does.
+    data = json.loads(text)
     return scrubber.data(data) if scrubber.hides_a_secret(text) else data
 
 
