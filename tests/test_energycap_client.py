@@ -496,7 +496,7 @@ def test_a_key_that_is_part_of_a_property_name_leaves_the_json_readable():
     """Scrubbing works on the parsed strings: `taskGUId` stays a name, the message loses the key."""
     api = EnergyCap("https://ec.test", "GUId", get_attempts=1)
     url = f"https://ec.test/api/v3/task/{KICKOUT_TASK_GUID}"
-    body = '{"taskGUId": "%s", "message": "the key GUId was sent"}' % KICKOUT_TASK_GUID
+    body = json.dumps({"taskGUId": KICKOUT_TASK_GUID, "message": "the key GUId was sent"})
     responses.get(url, body=body, content_type="application/json")
     task = api.get_task(KICKOUT_TASK_GUID)
     assert task.guid == KICKOUT_TASK_GUID and task.message == "the key [redacted] was sent"
