@@ -57,6 +57,9 @@ class ImportSnapshot(models.Model):
     # The grid's own column names, in EnergyCAP's order (they are not fixed).
     columns = models.JSONField(default=list, blank=True)
     row_count = models.PositiveIntegerField(default=0)
+    # The rows as CSV lines (the import's number, then `columns`), written once with the rows:
+    # the rows never change, and the downloads stream these instead of re-rendering each row.
+    csv_lines = models.TextField(blank=True)
 
     state = models.CharField(
         max_length=10, choices=SnapshotState.choices, default=SnapshotState.LOADING

@@ -20,7 +20,7 @@ from functools import partial
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import energycap
+from . import energycap, spreadsheet
 from .energycap import Answers, EnergyCapError
 from .payloads import KickoutGrid, KickoutSummary, Task
 from .queue_models import HandledReason, ImportSnapshot, KickoutRow, SnapshotState
@@ -152,6 +152,7 @@ def store(fetched: Fetched) -> ImportSnapshot | None:
             KickoutRow.objects.filter(snapshot=snapshot).delete()
             KickoutRow.objects.bulk_create(objects, batch_size=1000)
             locked.columns = list(grid.columns)
+            locked.csv_lines = csv_lines(locked.task_id, locked.columns, objects)
             locked.file_name = (fetched.summary.file_name or locked.file_name)[:500]
             locked.row_count = len(objects)
             locked.state = SnapshotState.READY
@@ -162,6 +163,7 @@ def store(fetched: Fetched) -> ImportSnapshot | None:
                 update_fields=[
                     "version",
                     "columns",
+                    "csv_lines",
                     "file_name",
                     "row_count",
                     "state",
@@ -215,6 +217,17 @@ def _rows(snapshot: ImportSnapshot, fetched: Fetched) -> list[KickoutRow]:
     return objects
 
 
+def csv_cells(task_id: int | None, columns: list[str], cells: dict) -> list[str]:
+    """A kickout row as the downloads show it: the import's number, then the grid's columns."""
+    get = cells.get
+    return [str(task_id or ""), *(spreadsheet.guard(get(column)) for column in columns)]
+
+
+def csv_lines(task_id: int | None, columns: list[str], rows: Iterable[KickoutRow]) -> str:
+    """An import's rows as CSV lines, in their grid's order."""
+    return "".join(spreadsheet.lines(csv_cells(task_id, columns, row.cells) for row in rows))
+
+
 def _store_new(task: Task, fetched: Fetched) -> ImportSnapshot | None:
     """An import seen for the first time, stored ready in one transaction (two INSERTs);
     None when another process registered it meanwhile (then `store` takes over)."""
@@ -228,6 +241,7 @@ def _store_new(task: Task, fetched: Fetched) -> ImportSnapshot | None:
     )
     rows = _rows(snapshot, fetched)
     snapshot.row_count = len(rows)
+    snapshot.csv_lines = csv_lines(snapshot.task_id, snapshot.columns, rows)
     try:
         with transaction.atomic():
             snapshot.save(force_insert=True)

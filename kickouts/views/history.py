@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from functools import wraps
@@ -14,6 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 from django_htmx.http import push_url
 
+from .. import spreadsheet
 from ..decorators import login_required, permission_required
 from ..history_filters import HistoryFilterForm, filter_retries, newest_first_page
 from ..models import RetryAttempt
@@ -68,11 +68,6 @@ CSV_COLUMNS = (
     ("bulk_id", "bulk_id"),
 )
 CSV_CHUNK_ROWS = 2000
-CSV_PIECE_ROWS = 500
-# Excel on Windows reads a CSV without a byte-order mark as ANSI ("Seán" becomes "SeÃ¡n").
-UTF8_BOM = "\ufeff"
-# A spreadsheet runs a cell starting with these as a formula (OWASP "CSV injection").
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def history_permission(view):
@@ -150,25 +145,14 @@ def history_csv(request: HtmxHttpRequest) -> HttpResponse:
     return response
 
 
-class _Echo:
-    """A file-like object whose write() hands the line back, for csv.writer to stream."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
 def csv_pieces(rows: Iterable[tuple]) -> Iterator[str]:
-    """The header, then the rows a few hundred at a time: memory stays flat however many."""
-    writer = csv.writer(_Echo())
-    yield UTF8_BOM + writer.writerow([header for header, _ in CSV_COLUMNS])
-    lines: list[str] = []
-    for row in rows:
-        lines.append(writer.writerow([_cell(value) for value in row]))
-        if len(lines) == CSV_PIECE_ROWS:
-            yield "".join(lines)
-            lines = []
-    if lines:
-        yield "".join(lines)
+    """The header, then the rows in pieces: memory stays flat however many."""
+    header = [header for header, _ in CSV_COLUMNS]
+    return spreadsheet.pieces(header, spreadsheet.lines(map(_cells, rows)))
+
+
+def _cells(row: tuple) -> list[str]:
+    return [_cell(value) for value in row]
 
 
 def _cell(value) -> str:
@@ -176,5 +160,4 @@ def _cell(value) -> str:
         return ""
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    text = str(value)
-    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+    return spreadsheet.guard(value)
