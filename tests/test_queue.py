@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
@@ -227,14 +228,40 @@ def test_a_group_pages_its_imports(clerk_client, sandbox, db):
 
 
 def test_a_group_counts_its_rows_and_imports_once_whatever_the_pages(clerk_client, quinns_imports):
-    """One query counts the rows and the imports; the pagers reuse those counts."""
+    """The counts come with the queue's groups (one grouping query for every message); the
+    pagers reuse them."""
     with CaptureQueriesContext(connection) as queries:
         response = clerk_client.get(reverse("queue_group"), {"user": QUINN, "message": ACCOUNT})
     assert "7 rows in 3 imports" in response.content.decode()
     assert response.context["imports"].paginator.num_pages == 1
     assert len(response.context["imports"]) == 3
-    counting = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
-    assert len(counting) == 1
+    grouping = [q["sql"] for q in queries.captured_queries if "GROUP BY" in q["sql"].upper()]
+    assert len(grouping) == 1
+
+
+def without_csrf_tokens(page: str) -> str:
+    """A page with its CSRF tokens blanked: Django masks the token anew on every response."""
+    return re.sub(r'(csrfmiddlewaretoken" value="|X-CSRFToken": ")[^"]+', r"\1", page)
+
+
+def test_a_group_seen_again_reads_no_row_until_its_imports_change(
+    clerk, clerk_client, quinns_imports
+):
+    """Stored rows never change: the second view of a group is served from its cached
+    fragments (no query reads a kickout row); marking an import handled changes the listed
+    imports, and the next view shows it gone."""
+    query = {"user": QUINN, "message": ACCOUNT}
+    first = clerk_client.get(reverse("queue_group"), query).content.decode()
+    with CaptureQueriesContext(connection) as queries:
+        again = clerk_client.get(reverse("queue_group"), query).content.decode()
+    assert without_csrf_tokens(again) == without_csrf_tokens(first)
+    assert not [q for q in queries.captured_queries if "kickouts_kickoutrow" in q["sql"]]
+    ImportSnapshot.objects.get(task_guid=quinns_imports[0]["taskGUId"]).mark_handled(
+        user=clerk, reason="corrected_file", note=""
+    )
+    after = clerk_client.get(reverse("queue_group"), query).content.decode()
+    assert "3 rows in 2 imports" in after
+    assert quinns_imports[0]["taskGUId"] not in after and quinns_imports[1]["taskGUId"] in after
 
 
 def test_a_group_pages_its_rows(clerk_client, sandbox, db):
@@ -417,6 +444,57 @@ def test_a_group_csv_has_only_that_groups_rows(clerk_client, quinns_imports):
     """The group's download holds its five rows."""
     _, rows = read_csv(clerk_client.get(reverse("queue_csv"), {"user": QUINN, "message": METER}))
     assert len(rows) == 6 and {row[1] for row in rows[1:]} == {METER}
+
+
+def test_the_whole_queue_csv_holds_exactly_the_rows_of_its_groups(clerk_client, quinns_imports):
+    """The whole queue streams the lines stored with each import; a group renders its rows
+    one by one: both give the same lines, newest import first."""
+    _, whole = read_csv(clerk_client.get(reverse("queue_csv"), {"user": QUINN}))
+    by_group = []
+    for message in (ACCOUNT, METER, UNKNOWN):
+        _, rows = read_csv(
+            clerk_client.get(reverse("queue_csv"), {"user": QUINN, "message": message})
+        )
+        assert rows[0] == whole[0]
+        by_group += rows[1:]
+    assert sorted(whole[1:]) == sorted(by_group)
+    newest_first = [
+        str(s.task_id)
+        for s in ImportSnapshot.objects.filter(user_full_name=QUINN).order_by("-begin_date")
+    ]
+    assert list(dict.fromkeys(row[0] for row in whole[1:])) == newest_first
+
+
+def test_imports_with_different_grids_share_one_csv_with_every_column(clerk_client, quinns_imports):
+    """A grid with a column the others lack: one header with all of them, blanks elsewhere."""
+    odd = ImportSnapshot.objects.get(task_guid=quinns_imports[1]["taskGUId"])
+    odd.columns = [*DETAIL_COLUMNS, "Site Name"]
+    odd.save(update_fields=["columns"])
+    first = odd.rows.order_by("position").first()
+    first.cells["Site Name"] = "=North plant"
+    first.save(update_fields=["cells"])
+    _, rows = read_csv(clerk_client.get(reverse("queue_csv"), {"user": QUINN}))
+    assert rows[0] == ["Import", *DETAIL_COLUMNS, "Site Name"]
+    assert len(rows) == 1 + 14 and all(len(row) == len(rows[0]) for row in rows)
+    sites = [row[-1] for row in rows[1:]]
+    assert sites.count("'=North plant") == 1 and sites.count("") == 13
+
+
+def test_the_migration_writes_the_csv_lines_of_imports_stored_before_it(transactional_db, sandbox):
+    """0010 gives imports stored before it the same lines a new snapshot is stored with."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    created = add_import(sandbox, [ACCOUNT, '=cmd|" /C calc"!A0'], 2)
+    snapshots.snapshot_period(30, QUINN)
+    stored = ImportSnapshot.objects.get(task_guid=created["taskGUId"]).csv_lines
+    assert stored.count("\r\n") == 4 and "'=cmd" in stored
+    executor = MigrationExecutor(connection)
+    executor.migrate([("kickouts", "0009_before_after")])
+    executor.loader.build_graph()
+    executor.migrate([("kickouts", "0010_snapshot_csv_lines")])
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    assert ImportSnapshot.objects.get(task_guid=created["taskGUId"]).csv_lines == stored
 
 
 # -- the worker --

@@ -6,9 +6,7 @@ groups and its downloads make no request to EnergyCAP.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-from collections.abc import Iterable, Iterator
 from datetime import UTC, timedelta
 
 from django import forms
@@ -25,10 +23,12 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
+from .. import spreadsheet
 from .. import tasks as background
 from ..causes import advice_for
 from ..decorators import login_required, permission_required
 from ..queue_models import HandledReason, ImportSnapshot, KickoutRow, SnapshotState
+from ..snapshots import csv_cells
 from .tasks import PERIODS, HtmxHttpRequest
 
 GROUP_ROWS_PER_PAGE = 25
@@ -46,9 +46,7 @@ GROUP_ROW_FIELDS = (
 )
 QUEUE_CACHE_SECONDS = 3600
 CSV_CHUNK_ROWS = 2000
-CSV_PIECE_ROWS = 500
-# Excel runs a cell that starts with one of these as a formula (OWASP: CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+CSV_CHUNK_IMPORTS = 500
 IMPORT_NUMBER_COLUMN = "Import"
 
 
@@ -130,27 +128,24 @@ def queue_groups(listed: QuerySet[ImportSnapshot]) -> list[dict]:
     return groups
 
 
-def cached_queue_groups(chosen: QueueFilter, listed: QuerySet[ImportSnapshot]) -> list[dict]:
-    """`queue_groups`, computed once per change of the listed imports.
+def listed_version(chosen: QueueFilter, listed: QuerySet[ImportSnapshot]) -> str:
+    """A short key that changes whenever the listed imports' groups or rows could.
 
-    Grouping tens of thousands of rows is most of the page's work. The listed imports'
-    count, the sum of their ids and the sum of their versions (each raised by every change)
-    change whenever the groups could: an import stored, handled, reopened, or entering or
-    leaving the period or the user filter.
+    The listed imports' count, the sum of their ids and the sum of their versions (each raised
+    by every change) change whenever an import is stored, handled, reopened, or enters or
+    leaves the period or the user filter. Stored rows never change.
     """
     state = listed.aggregate(count=Count("id"), ids=Sum("id"), versions=Sum("version"))
-    if not state["count"]:
-        return []
-    fingerprint = "|".join(str(state[k]) for k in ("count", "ids", "versions"))
-    key = (
-        "kickout-queue:"
-        + hashlib.sha256(f"{chosen.query()}|{fingerprint}".encode()).hexdigest()[:32]
+    fingerprint = "|".join(str(state[k] or 0) for k in ("count", "ids", "versions"))
+    return hashlib.sha256(f"{chosen.query()}|{fingerprint}".encode()).hexdigest()[:32]
+
+
+def cached_queue_groups(version: str, listed: QuerySet[ImportSnapshot]) -> list[dict]:
+    """`queue_groups`, computed once per `listed_version`: grouping tens of thousands of rows
+    is most of the queue's work."""
+    return cache.get_or_set(
+        f"kickout-queue:{version}", lambda: queue_groups(listed), QUEUE_CACHE_SECONDS
     )
-    groups = cache.get(key)
-    if groups is None:
-        groups = queue_groups(listed)
-        cache.set(key, groups, QUEUE_CACHE_SECONDS)
-    return groups
 
 
 @require_GET
@@ -168,16 +163,15 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         # Everything is in: show the whole page again, groups included (and stop polling).
         return HttpResponseClientRefresh()
     listing_asked = _request_refresh(chosen)
+    listed = chosen.listed()
     context = {
         "listing_asked": listing_asked,
         "chosen": chosen,
         "periods": PERIODS,
         "users": ImportSnapshot.objects.user_names(),
         "progress": progress,
-        "groups": cached_queue_groups(chosen, chosen.listed()),
-        "handled": (
-            chosen.listed().select_related("handled_by")[:200] if chosen.show == "handled" else []
-        ),
+        "groups": cached_queue_groups(listed_version(chosen, listed), listed),
+        "handled": (listed.select_related("handled_by")[:200] if chosen.show == "handled" else []),
     }
     template = "kickouts/queue.html"
     if polled:
@@ -196,11 +190,18 @@ def _request_refresh(chosen: QueueFilter) -> bool:
 def queue_group(request: HtmxHttpRequest) -> HttpResponse:
     chosen = QueueFilter(request.GET)
     message = request.GET.get("message", "")
-    in_group = KickoutRow.objects.filter(snapshot__in=chosen.listed(), message=message)
-    # Both counts in one pass over the group's rows (each pager would count on its own).
-    counts = in_group.aggregate(rows=Count("id"), imports=Count("snapshot", distinct=True))
+    listed = chosen.listed()
+    version = listed_version(chosen, listed)
+    # The group's counts come with the queue's groups; the tables below are lazy: the page's
+    # fragments are cached per version of the listed imports (the template's {% cache %}),
+    # and a cached fragment runs no query.
+    counts = {"rows": 0, "imports": 0}
+    for group in cached_queue_groups(version, listed):
+        if group["message"] == message:
+            counts = group
     rows = (
-        in_group.select_related("snapshot")
+        KickoutRow.objects.filter(snapshot__in=listed, message=message)
+        .select_related("snapshot")
         .only(*GROUP_ROW_FIELDS)
         .order_by("-snapshot__begin_date", "snapshot_id", "position")
     )
@@ -211,8 +212,7 @@ def queue_group(request: HtmxHttpRequest) -> HttpResponse:
     # EXISTS, not a join and DISTINCT: the newest imports come straight off the date index.
     has_message = KickoutRow.objects.filter(snapshot=OuterRef("pk"), message=message)
     imports = CountedPaginator(
-        chosen.listed()
-        .filter(Exists(has_message))
+        listed.filter(Exists(has_message))
         .order_by("-begin_date", "-id")
         .values("task_guid", "task_id", "begin_date", "file_name"),
         GROUP_IMPORTS_PER_PAGE,
@@ -221,6 +221,7 @@ def queue_group(request: HtmxHttpRequest) -> HttpResponse:
     context = {
         "chosen": chosen,
         "message": message,
+        "version": version,
         "advice": advice_for(message),
         "page": page,
         "imports": imports,
@@ -321,48 +322,31 @@ def handled_context(request, guid: str) -> dict:
 # -- downloads --
 
 
-def _guard(value) -> str:
-    text = "" if value is None else str(value)
-    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
-
-
-class _Echo:
-    """A file-like object whose write() hands the line back, for csv.writer to stream."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
-def csv_pieces(columns: list[str], rows: Iterable[tuple[int | None, dict]]) -> Iterator[str]:
-    """A byte-order mark and the header, then the rows a few hundred at a time."""
-    writer = csv.writer(_Echo())
-    # Excel reads a CSV without a byte-order mark in the machine's legacy code page.
-    yield "\ufeff" + writer.writerow([_guard(c) for c in [IMPORT_NUMBER_COLUMN, *columns]])
-    lines: list[str] = []
-    for task_id, cells in rows:
-        get = cells.get
-        lines.append(writer.writerow([task_id or "", *(_guard(get(c)) for c in columns)]))
-        if len(lines) == CSV_PIECE_ROWS:
-            yield "".join(lines)
-            lines = []
-    if lines:
-        yield "".join(lines)
-
-
-def kickouts_csv(rows: QuerySet[KickoutRow], snapshots: QuerySet, name: str) -> HttpResponse:
-    """Stream these rows with the grids' own column names (in order of first appearance)."""
-    columns: list[str] = []
-    seen: set[str] = set()
-    for names in snapshots.order_by().values_list("columns", flat=True).distinct():
-        for column in names or []:
-            if column not in seen:
-                seen.add(column)
-                columns.append(column)
-    ordered = rows.order_by("-snapshot__begin_date", "snapshot_id", "position").values_list(
-        "snapshot__task_id", "cells"
-    )
+def kickouts_csv(snapshots: QuerySet[ImportSnapshot], name: str, message=None) -> HttpResponse:
+    """Stream these imports' rows (or only those with `message`), with the grids' own column
+    names (in order of first appearance) and each row's import number, newest import first."""
+    grids = list(snapshots.order_by().values_list("columns", flat=True).distinct())
+    columns = list(dict.fromkeys(column for names in grids for column in names or []))
+    if message is None and len(grids) <= 1:
+        # Every import has the same grid: its rows as stored with it, already CSV.
+        body = (
+            snapshots.order_by("-begin_date", "id")
+            .values_list("csv_lines", flat=True)
+            .iterator(chunk_size=CSV_CHUNK_IMPORTS)
+        )
+    else:
+        rows = KickoutRow.objects.filter(snapshot__in=snapshots)
+        if message is not None:
+            rows = rows.filter(message=message)
+        ordered = rows.order_by("-snapshot__begin_date", "snapshot_id", "position").values_list(
+            "snapshot__task_id", "cells"
+        )
+        body = spreadsheet.lines(
+            csv_cells(task_id, columns, cells)
+            for task_id, cells in ordered.iterator(chunk_size=CSV_CHUNK_ROWS)
+        )
     response = StreamingHttpResponse(
-        csv_pieces(columns, ordered.iterator(chunk_size=CSV_CHUNK_ROWS)),
+        spreadsheet.pieces([IMPORT_NUMBER_COLUMN, *columns], body),
         content_type="text/csv; charset=utf-8",
     )
     stamp = timezone.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -374,16 +358,11 @@ def kickouts_csv(rows: QuerySet[KickoutRow], snapshots: QuerySet, name: str) -> 
 @login_required
 def queue_csv(request: HtmxHttpRequest) -> HttpResponse:
     """The whole queue's rows, or one group's (`message`)."""
-    chosen = QueueFilter(request.GET)
-    listed = chosen.listed()
-    rows = KickoutRow.objects.filter(snapshot__in=listed)
+    listed = QueueFilter(request.GET).listed()
     message = request.GET.get("message")
-    name = "kickout-queue"
-    if message is not None:
-        rows = rows.filter(message=message)
-        listed = listed.filter(rows__message=message)
-        name = "kickout-group"
-    return kickouts_csv(rows, listed, name)
+    if message is None:
+        return kickouts_csv(listed, "kickout-queue")
+    return kickouts_csv(listed.filter(rows__message=message), "kickout-group", message)
 
 
 @require_GET
@@ -391,7 +370,6 @@ def queue_csv(request: HtmxHttpRequest) -> HttpResponse:
 def import_csv(request: HtmxHttpRequest, guid: str) -> HttpResponse:
     snapshot = get_object_or_404(ImportSnapshot, task_guid=guid.lower(), state=SnapshotState.READY)
     return kickouts_csv(
-        KickoutRow.objects.filter(snapshot=snapshot),
         ImportSnapshot.objects.filter(pk=snapshot.pk),
         f"kickouts-{snapshot.task_id or snapshot.task_guid}",
     )
