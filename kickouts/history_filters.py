@@ -8,6 +8,7 @@ matching row.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -191,6 +192,15 @@ class HistoryFilterForm(forms.Form):
             for name in FILTERS
             if name in self.fields and self.data.get(name, "").strip()
         }
+
+    @property
+    def fields_version(self) -> str:
+        """What the filter fields' HTML depends on (for the template's {% cache %}): the values
+        given, the choices offered and which fields have errors."""
+        given = [(name, self.data.get(name, "")) for name in self.fields if name in FILTERS]
+        offered = [getattr(field, "choices", None) for field in self.fields.values()]
+        state = repr((given, offered, sorted(self.errors)))
+        return hashlib.sha256(state.encode()).hexdigest()[:32]
 
     def has_filters(self) -> bool:
         return bool(self.filter_params())

@@ -293,6 +293,20 @@ def test_someone_newer_than_the_cached_people_list_can_still_be_chosen(
     assert f'<option value="{other_clerk.pk}">Oscar Other (oscar)</option>' in body
 
 
+def test_the_filter_fields_show_each_requests_own_values(supervisor_client, clerk, other_clerk):
+    """The fields' HTML is kept per filters and choices: a choice made in one request shows
+    there, and not in the next one without it."""
+    retry(clerk)
+    retry(other_clerk)
+    selected = f'<option value="{other_clerk.pk}" selected>'
+    assert selected not in supervisor_client.get(HISTORY).content.decode()
+    assert selected in supervisor_client.get(HISTORY, {"user": other_clerk.pk}).content.decode()
+    assert selected not in supervisor_client.get(HISTORY).content.decode()
+    dated = supervisor_client.get(HISTORY, {"date_from": "2026-01-05"}).content.decode()
+    assert 'value="2026-01-05"' in dated
+    assert 'value="2026-01-05"' not in supervisor_client.get(HISTORY).content.decode()
+
+
 def test_someone_who_does_not_exist_cannot_be_chosen(supervisor_client, clerk):
     retry(clerk)
     body = supervisor_client.get(HISTORY, {"user": 987654}).content.decode()
