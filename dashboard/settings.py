@@ -152,6 +152,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Tests on a file, not SQLite's shared-cache memory database: concurrent writers
     # then wait for each other (as in production) instead of failing at once.
     # One file per checkout, in the system's temporary folder.
+    # A transaction takes the write lock when it begins, waiting up to 20 s for another
+    # process's: one that read first and wrote later would fail at once ("database is
+    # locked") when the worker wrote in between (Django's advice for SQLite, 5.1+).
+    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
     _checkout = hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:12]
     DATABASES["default"]["TEST"] = {
         "NAME": str(Path(tempfile.gettempdir()) / f"kickouts-test-{_checkout}.sqlite3")

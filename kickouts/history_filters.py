@@ -23,12 +23,16 @@ from django.utils import timezone
 from . import batch_modes
 from .models import Outcome, RetryAttempt
 
-# Rows a page: rendering them is most of the page's time (README, Benchmarks).
+# Rows a page: rendering them is most of the page's time (README, Benchmarks); 25 unless
+# the reader chooses more.
 PAGE_SIZE = 25
+PAGE_SIZES = (25, 50, 100)
 STILL_RUNNING = "running"
 # Compared, and the new task still kicked out some of the source's rows (kickouts/compare.py).
 STILL_KICKING_OUT = "still_kicking_out"
+# What links keep; the last, the page size, narrows nothing.
 FILTERS = ("user", "date_from", "date_to", "outcome", "final_status", "batch_mode", "bulk", "q")
+FILTERS += ("per_page",)
 FINAL_STATUS_CACHE_KEY = "history:final-statuses"
 FINAL_STATUS_CACHE_SECONDS = 60
 USERS_CACHE_KEY = "history:users"
@@ -153,6 +157,14 @@ class HistoryFilterForm(forms.Form):
         label="Search",
         help_text="A task GUID (or its start), a whole batch code, or words from the import note.",
     )
+    per_page = forms.TypedChoiceField(
+        required=False,
+        label="Per page",
+        choices=[(size, str(size)) for size in PAGE_SIZES],
+        coerce=int,
+        empty_value=PAGE_SIZE,
+        error_messages={"invalid_choice": "Choose 25, 50 or 100 retries a page."},
+    )
     # Paging, never shown as inputs: changing a filter starts again from the newest.
     before = CursorField(required=False)
     after = CursorField(required=False)
@@ -203,7 +215,8 @@ class HistoryFilterForm(forms.Form):
         return hashlib.sha256(state.encode()).hexdigest()[:32]
 
     def has_filters(self) -> bool:
-        return bool(self.filter_params())
+        """Whether anything narrows the retries (the page size does not)."""
+        return any(name != "per_page" for name in self.filter_params())
 
     def url(self, path: str, **paging) -> str:
         query = urlencode({**self.filter_params(), **{k: v for k, v in paging.items() if v}})

@@ -242,6 +242,21 @@ def test_pages_hold_twenty_five_and_go_older_and_back_newer(supervisor_client, c
     assert 'rel="next"' in body and 'rel="prev"' in body and "25 retries on this page" in body
 
 
+def test_a_reader_can_choose_fifty_or_a_hundred_a_page(supervisor_client, clerk):
+    """25 a page unless chosen; 50 or 100 stay chosen in the Older link; anything else is
+    refused with what to choose."""
+    ids = [r.pk for r in many_retries(clerk, 120)]
+    fifty = supervisor_client.get(HISTORY, {"per_page": "50"})
+    assert shown(fifty) == ids[:50]
+    assert "per_page=50" in fifty.context["older_url"]
+    assert shown(supervisor_client.get(fifty.context["older_url"])) == ids[50:100]
+    assert '<option value="50" selected>' in fifty.content.decode()
+    assert "matching the filters" not in fifty.content.decode()  # a page size narrows nothing
+    assert shown(supervisor_client.get(HISTORY, {"per_page": "100"})) == ids[:100]
+    refused = supervisor_client.get(HISTORY, {"per_page": "1000"}).content.decode()
+    assert "Choose 25, 50 or 100 retries a page." in refused
+
+
 def test_pages_stay_in_order_when_many_retries_share_one_instant(supervisor_client, clerk):
     """The page boundary falls between retries with the same time without losing any."""
     when = timezone.now()

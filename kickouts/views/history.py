@@ -98,6 +98,7 @@ def history(request: HtmxHttpRequest) -> HttpResponse:
             retries.select_related("requested_by", "reconciled_by").only(*PAGE_COLUMNS),
             before=before,
             after=after,
+            size=form.cleaned_data["per_page"],
         )
         context.update(
             page=page,
