@@ -198,12 +198,16 @@ class HistoryFilterForm(forms.Form):
         return data
 
     def filter_params(self) -> dict[str, str]:
-        """The filters as given, empty ones left out: for links that keep them."""
-        return {
+        """The filters as given, empty ones (and the default page size) left out: for links
+        that keep them."""
+        given = {
             name: self.data[name].strip()
             for name in FILTERS
             if name in self.fields and self.data.get(name, "").strip()
         }
+        if given.get("per_page") == str(PAGE_SIZE):
+            del given["per_page"]
+        return given
 
     @property
     def fields_version(self) -> str:

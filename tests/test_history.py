@@ -253,6 +253,8 @@ def test_a_reader_can_choose_fifty_or_a_hundred_a_page(supervisor_client, clerk)
     assert '<option value="50" selected>' in fifty.content.decode()
     assert "matching the filters" not in fifty.content.decode()  # a page size narrows nothing
     assert shown(supervisor_client.get(HISTORY, {"per_page": "100"})) == ids[:100]
+    default = supervisor_client.get(HISTORY, {"outcome": "rejected", "per_page": "25"})
+    assert default.context["this_url"] == f"{HISTORY}?outcome=rejected"
     refused = supervisor_client.get(HISTORY, {"per_page": "1000"}).content.decode()
     assert "Choose 25, 50 or 100 retries a page." in refused
 
