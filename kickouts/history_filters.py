@@ -273,7 +273,7 @@ def final_statuses() -> list[str]:
 
 def _read_final_statuses(limit: int = 50) -> list[str]:
     # One index probe per distinct status (a "loose index scan" of retry_final_time), where
-    # SELECT DISTINCT reads the whole table: about 0.4 s for a million rows on PostgreSQL.
+    # SELECT DISTINCT reads the whole table.
     finished = RetryAttempt.objects.filter(new_task_finished=True).order_by("new_task_status")
     statuses: list[str] = []
     while len(statuses) < limit:
@@ -323,9 +323,9 @@ def search_condition(term: str) -> Q:
     """A task GUID (source or new, whole or its start), a whole batch code, or note words.
 
     A term that reaches a GUID's first hyphen ("1a2b3c4d-") is only looked up as a GUID or a
-    batch code: the note has no index, and searching it reads every row (about a second for
-    a million) when nothing matches. Shorter terms ("1a2b3c4d", an account number) may be note
-    words, so they search the note as well.
+    batch code: without the trigram index (SQLite; PostgreSQL has it, migration 0005) searching
+    the note reads every row when nothing matches. Shorter terms ("1a2b3c4d", an account
+    number) may be note words, so they search the note as well.
     """
     condition = Q(batch_code=term)
     prefix = guid_prefix(term)

@@ -131,7 +131,7 @@ def history_csv(request: HtmxHttpRequest) -> HttpResponse:
             status=400,
             content_type="text/plain; charset=utf-8",
         )
-    # Tuples, not model instances: twice as fast over a million rows.
+    # Tuples, not model instances: no model is built for each of a million rows.
     rows = (
         filter_retries(RetryAttempt.objects.visible_to(request.user), form.cleaned_data)
         .order_by("-requested_at", "-id")
