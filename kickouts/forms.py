@@ -535,6 +535,8 @@ class BulkRetryForm(RetryForm):
             smart_bulk = f"all {count} go into batch {path.target.batch_code}."
         elif count == 1:
             smart_bulk = f"it creates batch {code}."
+        elif count == 2:
+            smart_bulk = f"the first creates batch {code}, the other is added to it."
         else:
             smart_bulk = f"the first creates batch {code}, the other {count - 1} are added to it."
         return mode.bulk_review.format(

@@ -150,7 +150,7 @@ def test_a_failed_new_task_says_so_and_compares_nothing(clerk, clerk_client, san
     page = clerk_client.get(attempt.get_absolute_url()).content.decode()
     assert "The new import failed, so nothing was compared" in page
     history = clerk_client.get(reverse("history")).content.decode()
-    assert '<span class="muted">failed</span>' in history
+    assert '<span class="muted">none: the import failed</span>' in history
     _, body = retry_ended_email(attempt)
     assert "The new import failed, so nothing was compared" in body
 

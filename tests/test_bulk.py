@@ -127,6 +127,15 @@ def test_the_review_says_what_each_batch_mode_does_for_the_whole_set(
     assert "&quot;batchMode&quot;" in response.content.decode()
 
 
+def test_the_smart_batch_sentence_for_two_imports_says_the_other_is_added(clerk_client, sandbox):
+    """Two imports: "the other is added", not "the other 1 are added"."""
+    guids = kickout_imports(sandbox, 2)
+    response = post_bulk(clerk_client, guids, batch_mode="smart batch", new_batch_code="PAIR")
+    assert response.context["whole_set"] == (
+        "smart batch with code PAIR: the first creates batch PAIR, the other is added to it."
+    )
+
+
 def test_new_batch_closing_the_open_one_is_refused_for_more_than_one_import(clerk_client, sandbox):
     """Unticked "leave existing batches open", each new batch would close the one before."""
     sandbox.update_batch(902, batch_status="Closed")  # the API user has one open batch left
