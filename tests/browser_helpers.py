@@ -94,3 +94,8 @@ def choose_mode(page: Page, mode: str) -> None:
         page.check(f'input[name="batch_mode"][value="{mode}"]')
     # htmx swaps after the response arrives; the radio is enabled again once it has settled.
     expect(page.locator(f'input[name="batch_mode"][value="{mode}"]')).to_be_enabled()
+    # And htmx has processed the new fields (their own triggers, such as the smart-batch
+    # preview's): typing into them earlier, on a busy machine, went unheard.
+    page.wait_for_function(
+        "() => !document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling')"
+    )
