@@ -31,8 +31,10 @@ STILL_RUNNING = "running"
 # Compared, and the new task still kicked out some of the source's rows (kickouts/compare.py).
 STILL_KICKING_OUT = "still_kicking_out"
 # What links keep; the last, the page size, narrows nothing.
-FILTERS = ("user", "date_from", "date_to", "outcome", "final_status", "batch_mode", "bulk", "q")
-FILTERS += ("per_page",)
+FILTERS = (
+    *("user", "date_from", "date_to", "outcome", "final_status", "batch_mode", "bulk", "q"),
+    "per_page",
+)
 FINAL_STATUS_CACHE_KEY = "history:final-statuses"
 FINAL_STATUS_CACHE_SECONDS = 60
 USERS_CACHE_KEY = "history:users"
@@ -163,7 +165,10 @@ class HistoryFilterForm(forms.Form):
         choices=[(size, str(size)) for size in PAGE_SIZES],
         coerce=int,
         empty_value=PAGE_SIZE,
-        error_messages={"invalid_choice": "Choose 25, 50 or 100 retries a page."},
+        error_messages={
+            "invalid_choice": f"Choose {', '.join(map(str, PAGE_SIZES[:-1]))} or "
+            f"{PAGE_SIZES[-1]} retries a page."
+        },
     )
     # Paging, never shown as inputs: changing a filter starts again from the newest.
     before = CursorField(required=False)

@@ -143,6 +143,7 @@ def store(fetched: Fetched) -> ImportSnapshot | None:
         return snapshot
     grid = fetched.grid
     objects = _rows(snapshot, fetched)
+    lines = csv_lines(snapshot.task_id, list(grid.columns), objects)
     try:
         with transaction.atomic():
             # The row lock makes a second worker storing the same import wait, then see READY.
@@ -152,7 +153,7 @@ def store(fetched: Fetched) -> ImportSnapshot | None:
             KickoutRow.objects.filter(snapshot=snapshot).delete()
             KickoutRow.objects.bulk_create(objects, batch_size=1000)
             locked.columns = list(grid.columns)
-            locked.csv_lines = csv_lines(locked.task_id, locked.columns, objects)
+            locked.csv_lines = lines
             locked.file_name = (fetched.summary.file_name or locked.file_name)[:500]
             locked.row_count = len(objects)
             locked.state = SnapshotState.READY
