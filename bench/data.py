@@ -18,10 +18,10 @@ from django.contrib.auth.hashers import make_password
 from django.core.management import call_command
 from django.db import connection, transaction
 
-from kickouts.models import RetryAttempt
+from kickouts.models import FollowUp, RetryAttempt
 from kickouts.roles import ensure_roles
 
-GENERATOR = "4"
+GENERATOR = "5"
 MARKER = "bench_dataset"
 PASSWORD = "bench-password-not-secret"  # noqa: S105 - loopback-only throwaway accounts
 CLERKS = [f"clerk{n:02d}" for n in range(1, 21)]
@@ -56,6 +56,7 @@ def prepare(rows: int, say: Callable[[str], None]) -> str:
         started = time.monotonic()
         say(f"Generating {rows:,} retries (once; later runs reuse them)")
         cursor.execute(f"DELETE FROM {MARKER}")  # noqa: S608
+        cursor.execute("DELETE FROM kickouts_followup")
         cursor.execute("DELETE FROM kickouts_retryattempt")
         load(generate(rows, [users[name] for name in CLERKS + SUPERVISORS]), say)
         cursor.execute(f"INSERT INTO {MARKER} VALUES (%s)", [wanted])  # noqa: S608
@@ -78,8 +79,9 @@ def ensure_people() -> dict[str, int]:
     return ids
 
 
-def generate(rows: int, people: list[int]) -> Iterator[dict]:
-    """`rows` retry records, oldest first, with ids 1..rows and their own source GUIDs."""
+def generate(rows: int, people: list[int]) -> Iterator[tuple[dict, dict | None]]:
+    """`rows` retry records, oldest first, with ids 1..rows and their own source GUIDs, each
+    with its follow-up when it was submitted (its new task ended)."""
     rng = random.Random(20260101 + rows)
     now = datetime.now(UTC).replace(microsecond=0)
     start = now - timedelta(days=730)
@@ -107,43 +109,72 @@ def generate(rows: int, people: list[int]) -> Iterator[dict]:
         row.update(import_note=note, outcome=outcome, answered_at=at + timedelta(seconds=1))
         if outcome != "not_sent":
             row["sent_at"] = at + timedelta(milliseconds=400)
+        follow = None
         if outcome == "submitted":
             end = at + timedelta(seconds=rng.randint(30, 1800))
-            row.update(upstream_status_code=200, new_task_guid=guid(), new_task_finished=True)
-            row.update(new_task_status=rng.choice(FINALS), new_task_checked_at=end)
-            row.update(new_task_begin_date=at + timedelta(seconds=5), new_task_end_date=end)
-            row.update(new_task_success_count=rng.randint(0, 40), new_task_analyzing_count=0)
-            row.update(new_task_flag_count=rng.randint(0, 3), new_task_batch_code=code or "AUTO")
+            new_guid = guid()
+            row.update(upstream_status_code=200, new_task_guid=new_guid)
+            row.update(new_task_id=90_000 + index)
+            follow = dict(retry_id=index + 1, task_guid=new_guid, state="ended")
+            follow.update(started_at=at + timedelta(seconds=1), finished=True)
+            follow.update(status=rng.choice(FINALS), read_at=end, checked_at=end)
+            follow.update(succeeded_at=end, begin_date=at + timedelta(seconds=5), end_date=end)
+            follow.update(success_count=rng.randint(0, 40), analyzing_count=0)
+            follow.update(flag_count=rng.randint(0, 3), batch_code=code or "AUTO")
+            follow.update(notified_at=end, notification="Emailed.")
         elif outcome == "rejected":
             row.update(upstream_status_code=400, upstream_message="The batch is not open.")
         else:
             row["upstream_message"] = "EnergyCAP did not answer in time."
-        yield row
+        yield row, follow
 
 
-def load(rows: Iterator[dict], say: Callable[[str], None]) -> None:
-    """COPY on PostgreSQL, executemany on SQLite, 20,000 rows a transaction."""
-    fields = RetryAttempt._meta.concrete_fields
-    columns = ", ".join(f.column for f in fields)
+class _Table:
+    """One table's rows as its model stores them, COPYed (PostgreSQL) or inserted a batch at
+    a time."""
+
+    def __init__(self, model, postgres: bool):
+        fields = model._meta.concrete_fields
+        self.name = model._meta.db_table
+        self.columns = ", ".join(f.column for f in fields)
+        self.convert = [(f.attname, f.get_default(), _converter(f, postgres)) for f in fields]
+        self.postgres = postgres
+        self.batch: list[list] = []
+
+    def add(self, row: dict) -> None:
+        self.batch.append([to_db(row.get(name, default)) for name, default, to_db in self.convert])
+
+    def flush(self) -> None:
+        if self.batch:
+            _insert(self.batch, self.name, self.columns, self.postgres)
+        self.batch = []
+
+
+def load(rows: Iterator[tuple[dict, dict | None]], say: Callable[[str], None]) -> None:
+    """COPY on PostgreSQL, executemany on SQLite, 20,000 retries a transaction."""
     postgres = connection.vendor == "postgresql"
-    convert = [(f.attname, f.get_default(), _converter(f, postgres)) for f in fields]
-    batch: list[list] = []
-    for done, row in enumerate(rows, 1):
-        batch.append([to_db(row.get(name, default)) for name, default, to_db in convert])
-        if len(batch) == 20_000:
-            _insert(batch, columns, postgres)
-            batch = []
+    retries, follows = _Table(RetryAttempt, postgres), _Table(FollowUp, postgres)
+    for done, (retry, follow) in enumerate(rows, 1):
+        retries.add(retry)
+        if follow is not None:
+            follows.add(follow)
+        if len(retries.batch) == 20_000:
+            retries.flush()
+            follows.flush()
         if done % 200_000 == 0:
             say(f"  {done:,} rows")
-    if batch:
-        _insert(batch, columns, postgres)
+    retries.flush()
+    follows.flush()
     with connection.cursor() as cursor:
         if postgres:
             cursor.execute(
                 "SELECT setval(pg_get_serial_sequence('kickouts_retryattempt', 'id'), "
                 "(SELECT MAX(id) FROM kickouts_retryattempt))"
             )
-        cursor.execute("VACUUM ANALYZE kickouts_retryattempt" if postgres else "ANALYZE")
+            cursor.execute("VACUUM ANALYZE kickouts_retryattempt")
+            cursor.execute("VACUUM ANALYZE kickouts_followup")
+        else:
+            cursor.execute("ANALYZE")
 
 
 def _converter(field, postgres: bool):
@@ -158,13 +189,13 @@ def _converter(field, postgres: bool):
     return lambda value: value
 
 
-def _insert(values: list[list], columns: str, postgres: bool) -> None:
+def _insert(values: list[list], table: str, columns: str, postgres: bool) -> None:
     with transaction.atomic(), connection.cursor() as cursor:
         if postgres:
-            with cursor.cursor.copy(f"COPY kickouts_retryattempt ({columns}) FROM STDIN") as copy:
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                 for value in values:
                     copy.write_row(value)
         else:
             marks = ", ".join("?" * len(values[0]))
-            sql = f"INSERT INTO kickouts_retryattempt ({columns}) VALUES ({marks})"  # noqa: S608
+            sql = f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608
             cursor.cursor.executemany(sql, values)

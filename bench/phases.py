@@ -194,7 +194,7 @@ def history_filters() -> list[tuple[str, dict, dict]]:
         ("unfiltered", {}, {}),
         (f"by user ({clerk.username})", {"user": clerk.pk}, {"requested_by__id__exact": clerk.pk}),
         ("by outcome (rejected)", {"outcome": "rejected"}, {"outcome__exact": "rejected"}),
-        ("by final status (Failed)", {"final_status": "Failed"}, {"new_task_status": "Failed"}),
+        ("by final status (Failed)", {"final_status": "Failed"}, {"follow_up__status": "Failed"}),
         (f"by batch mode ({mode})", {"batch_mode": mode}, {"batch_mode": mode}),
         (
             f"by date ({month:%Y-%m})",

@@ -176,7 +176,7 @@ else:
 # --- Background work ---------------------------------------------------------
 # Django's Tasks framework (the django-tasks backport; `django.tasks` from Django 6 on).
 # The queue lives in the dashboard's own database; `manage.py db_worker` runs it
-# (`make run` starts one). Task code is in kickouts/tasks.py.
+# (`make run` starts one). Each task sits in the module whose work it does.
 TASKS = {
     "default": {
         "BACKEND": "django_tasks_db.DatabaseBackend",

@@ -15,9 +15,8 @@ class RetryAttemptAdmin(admin.ModelAdmin):
         "batch_mode",
         "outcome",
         "new_task_guid",
-        "new_task_status",
     ]
-    list_filter = ["outcome", "batch_mode", "new_task_status", "requested_by", "requested_at"]
+    list_filter = ["outcome", "batch_mode", "follow_up__status", "requested_by", "requested_at"]
     search_fields = ["source_task_guid", "new_task_guid", "batch_code", "import_note"]
     date_hierarchy = "requested_at"
     list_select_related = ["requested_by"]

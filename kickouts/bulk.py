@@ -1,37 +1,37 @@
 """Bulk retry: one form's settings sent to several imports, once each, one after another.
 
 The review lists what will be sent and what cannot be (and why); "Send" writes one
-`BulkRetry` per one-time form token and hands it to the worker (kickouts/tasks.py,
-`send_bulk_step`), which sends one import per step through the single retry's own path
-(`retries.send_started_retry`): its own retry record first, the re-check, one POST, the
-outcome classified as today. The answer decides whether the rest go on (`STOP_RULES`).
+`BulkRetry` per one-time form token, due now. Its sweep (`send_due_bulks`, one background task
+for every bulk) claims due bulks as the follow-ups' sweep claims follow-ups (a conditional
+UPDATE of `due_at`, for as long as one import's re-check and POST may take) and sends each
+one import through the single retry's own path (`retries.send_started_retry`): its own retry
+record first, linked to the line, the re-check, one POST, the outcome classified as today. The
+answer decides whether the rest go on (`_apply`). A worker that dies leaves the bulk to come
+due again when its claim runs out; the line's own record then says how far it got.
 """
 
 from __future__ import annotations
 
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Min
 from django.utils import timezone
+from django_tasks import TaskContext, task
 
-from . import energycap, snapshots
+from . import choices, energycap, follow_up, snapshots, sweeps
 from .bulk_models import BulkLine, BulkRetry, BulkState, LineState
-from .energycap import EnergyCapError, is_guid
-from .forms import BulkRetryForm
+from .energycap import Answer, EnergyCapError, is_guid
+from .forms import BatchChoices, BulkRetryForm
 from .history_filters import forget_people_with_retries
-from .models import DuplicateToken, Outcome, RetryAttempt, RetryInFlight
+from .models import DuplicateToken, Outcome, RetryAttempt, RetryInFlight, send_lease
 from .payloads import Task
 from .queue_models import ImportSnapshot, SnapshotState
 from .retries import Recheck, latest_import_of, send_started_retry
-from .tasks import start_bulk
-
-# Tasks asked for at once while the review loads the selected imports.
-REVIEW_IN_FLIGHT = 4
 
 
 def selected_guids(data) -> list[str]:
@@ -65,6 +65,7 @@ class Candidate:
     reason: str = ""  # why it cannot be sent
     earlier: RetryAttempt | None = None  # already re-imported: a supervisor may confirm
     confirmed: bool = False
+    loading: bool = False  # its kickouts are not stored yet (the worker fetches them)
 
     @property
     def sendable(self) -> bool:
@@ -75,20 +76,40 @@ class Candidate:
         return f"Import {self.task.task_id}" if self.task and self.task.task_id else self.guid
 
 
-def review_imports(user, guids: list[str], data=None) -> list[Candidate]:
-    """The selected imports from EnergyCAP, with their kickouts and whether each can be sent.
+@dataclass(frozen=True)
+class Review:
+    """What the bulk review shows: each selected import as a candidate, and the form's
+    choices (or the typed error that kept them from the page)."""
 
-    `data` carries the per-import confirmations of duplicates (a supervisor's ticks)."""
+    candidates: list[Candidate]
+    choices: BatchChoices | EnergyCapError
+
+    @property
+    def sendable(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.sendable]
+
+
+def load_review(user, guids: list[str], data=None) -> Review:
+    """The selected imports and the form's batches, asked for at once through the client's
+    pool; see `review_imports`."""
     api = energycap.client()
+    needed = choices.choice_calls(api)
+    calls = [partial(api.get_task, guid) for guid in guids]
+    answers = api.at_once(*calls, *needed.calls())
+    try:
+        offered: BatchChoices | EnergyCapError = needed.choices(answers[len(guids) :])
+    except EnergyCapError as exc:
+        offered = exc
+    return Review(review_imports(user, guids, answers[: len(guids)], data), offered)
 
-    def fetch(guid: str) -> Task | EnergyCapError:
-        try:
-            return api.get_task(guid)
-        except EnergyCapError as exc:
-            return exc
 
-    with ThreadPoolExecutor(max_workers=REVIEW_IN_FLIGHT) as pool:
-        fetched = list(pool.map(fetch, guids))
+def review_imports(user, guids: list[str], answers: list[Answer], data=None) -> list[Candidate]:
+    """The selected imports as EnergyCAP answered (`answers`, one per GUID), with their
+    kickouts and whether each can be sent.
+
+    The kickouts come from the stored snapshots (those not stored yet are fetched in the
+    background, and the review says which are still loading). `data` carries the per-import
+    confirmations of duplicates (a supervisor's ticks)."""
     may_repeat = user.has_perm("kickouts.confirm_duplicate_retry")
     in_flight = set(
         RetryAttempt.objects.filter(
@@ -96,16 +117,16 @@ def review_imports(user, guids: list[str], data=None) -> list[Candidate]:
         ).values_list("source_task_guid", flat=True)
     )
     candidates = []
-    for position, (guid, task) in enumerate(zip(guids, fetched, strict=True), start=1):
+    for position, (guid, answer) in enumerate(zip(guids, answers, strict=True), start=1):
         candidate = Candidate(guid=guid, position=position)
         candidates.append(candidate)
-        if isinstance(task, EnergyCapError):
-            candidate.reason = f"EnergyCAP could not be asked about it: {task.message}"
+        if answer.error is not None:
+            candidate.reason = f"EnergyCAP could not be asked about it: {answer.error.message}"
             continue
-        candidate.task = task
-        if not task.can_retry_kickouts:
+        found = candidate.task = answer.value
+        if not found.can_retry_kickouts:
             candidate.reason = (
-                f"Its status is now “{task.status or 'unknown'}”: only a bill import that is "
+                f"Its status is now “{found.status or 'unknown'}”: only a bill import that is "
                 f"“Completed with kickouts” can be re-imported."
             )
         elif guid in in_flight:
@@ -125,19 +146,20 @@ def review_imports(user, guids: list[str], data=None) -> list[Candidate]:
 
 
 def _add_kickouts(candidates: list[Candidate]) -> None:
-    """Each import's kickout messages and rows, from the stored snapshots (fetched when
-    missing, a few at a time)."""
-    tasks = [c.task for c in candidates]
-    snapshots.register(tasks)
-    ready = ImportSnapshot.objects.filter(
-        task_guid__in=[c.guid for c in candidates], state=SnapshotState.READY
+    """Each import's kickout messages and rows, from the stored snapshots; the worker stores
+    those missing, and the review shows them as still loading meanwhile."""
+    snapshots.register([c.task for c in candidates])
+    guids = [c.guid for c in candidates]
+    ready = set(
+        ImportSnapshot.objects.filter(task_guid__in=guids, state=SnapshotState.READY).values_list(
+            "task_guid", flat=True
+        )
     )
-    missing = {c.guid for c in candidates} - set(ready.values_list("task_guid", flat=True))
-    if missing:
-        snapshots.take_snapshots(list(missing))
+    missing = [guid for guid in guids if guid not in ready]
+    snapshots.snapshot_in_background(missing)
     counts: dict[str, list[tuple[str, int]]] = {}
     rows = (
-        ImportSnapshot.objects.filter(task_guid__in=[c.guid for c in candidates])
+        ImportSnapshot.objects.filter(task_guid__in=ready)
         .values_list("task_guid", "rows__message")
         .annotate(n=Count("rows"))
         .order_by("task_guid", "rows__message")
@@ -146,6 +168,7 @@ def _add_kickouts(candidates: list[Candidate]) -> None:
         if message is not None:
             counts.setdefault(guid, []).append((message, n))
     for candidate in candidates:
+        candidate.loading = candidate.guid not in ready
         candidate.messages = counts.get(candidate.guid, [])
         candidate.row_count = sum(n for _, n in candidate.messages)
 
@@ -163,6 +186,7 @@ def create_bulk(*, user, form: BulkRetryForm, candidates: list[Candidate]) -> Bu
     if existing is not None:
         return existing
     sendable = [c for c in candidates if c.sendable]
+    now = timezone.now()
     try:
         with transaction.atomic():
             bulk = BulkRetry.objects.create(
@@ -172,6 +196,7 @@ def create_bulk(*, user, form: BulkRetryForm, candidates: list[Candidate]) -> Bu
                 batch_code=form.batch_code(),
                 import_note=form.cleaned_data.get("import_note", ""),
                 payload=form.payload(),
+                due_at=now,
             )
             BulkLine.objects.bulk_create(
                 BulkLine(
@@ -184,7 +209,7 @@ def create_bulk(*, user, form: BulkRetryForm, candidates: list[Candidate]) -> Bu
                 )
                 for position, c in enumerate(sendable, start=1)
             )
-            transaction.on_commit(partial(start_bulk, bulk.pk))
+            sweeps.wake(send_due_bulks, now)
     except IntegrityError:
         # The same form, posted twice at once: the other request made the bulk.
         return BulkRetry.objects.get(form_token=token)
@@ -206,19 +231,24 @@ class SourceTask:
 
 
 def _finish(bulk: BulkRetry, state: str, reason: str, not_sent_reason: str = "") -> None:
-    """End the bulk; every line still waiting is "not sent" with the reason."""
+    """End the bulk; every line still waiting, for which no retry record was written, is
+    "not sent" with the reason. Then the requester's one email is looked at."""
     with transaction.atomic():
         if not_sent_reason:
-            bulk.lines.filter(state=LineState.WAITING).update(
+            bulk.lines.filter(state=LineState.WAITING, retry__isnull=True).update(
                 state=LineState.NOT_SENT, reason=not_sent_reason
             )
         BulkRetry.objects.filter(pk=bulk.pk, state=BulkState.SENDING).update(
-            state=state, stop_reason=reason, finished_at=timezone.now()
+            state=state, stop_reason=reason, finished_at=timezone.now(), due_at=None
         )
+        follow_up.bulk_email_due(bulk.pk)
 
 
 def send_next_line(bulk: BulkRetry) -> bool:
-    """Send the next waiting import of the bulk; True while more remain to send."""
+    """Send the next waiting import of the bulk; True while more remain to send.
+
+    A line whose retry record exists was begun by a sweep that died: that record, never a
+    new one, says what comes next, whatever was asked meanwhile (a cancel included)."""
     bulk.refresh_from_db()
     if not bulk.is_running:
         return False
@@ -226,35 +256,43 @@ def send_next_line(bulk: BulkRetry) -> bool:
     if line is None:
         _finish(bulk, BulkState.DONE, "")
         return False
-    if bulk.cancel_requested:
-        _finish(bulk, BulkState.CANCELLED, "Cancelled.", "Not sent (cancelled).")
-        return False
-    user = bulk.requested_by
-    source = SourceTask(line.task_guid, line.task_id, line.task_status)
-    try:
-        attempt = RetryAttempt.start(
-            user=user,
-            form_token=line_token(bulk, line),
-            source_task=source,
-            batch_mode=bulk.batch_mode,
-            batch_code=bulk.batch_code,
-            import_note=bulk.import_note,
-            payload=bulk.payload,
-            confirmed_duplicate_of=line.confirmed_duplicate_of,
-            bulk=bulk,
-        )
-    except DuplicateToken as exc:
-        # This step ran before and died: its record says how far it got.
-        attempt = exc.attempt
-        resumed = _resume(bulk, line, attempt)
+    token = line_token(bulk, line)
+    begun = RetryAttempt.objects.filter(form_token=token).first()
+    if begun is not None:
+        BulkLine.objects.filter(pk=line.pk).update(retry=begun)
+        resumed = _resume(bulk, line, begun)
         if resumed is not None:
             return resumed
-    except RetryInFlight as exc:
-        _record_line(line, exc.attempt, LineState.SKIPPED, exc.attempt.upstream_message)
-        return True
-    finally:
-        forget_people_with_retries()
-    recheck = send_started_retry(attempt, user=user, guid=line.task_guid)
+        attempt = begun
+    elif bulk.cancel_requested:
+        _finish(bulk, BulkState.CANCELLED, "Cancelled.", "Not sent (cancelled).")
+        return False
+    else:
+        user = bulk.requested_by
+        source = SourceTask(line.task_guid, line.task_id, line.task_status)
+        try:
+            attempt = RetryAttempt.start(
+                user=user,
+                form_token=token,
+                source_task=source,
+                batch_mode=bulk.batch_mode,
+                batch_code=bulk.batch_code,
+                import_note=bulk.import_note,
+                payload=bulk.payload,
+                confirmed_duplicate_of=line.confirmed_duplicate_of,
+                bulk=bulk,
+            )
+        except DuplicateToken as exc:
+            attempt = exc.attempt
+        except RetryInFlight as exc:
+            _record_line(line, exc.attempt, LineState.SKIPPED, exc.attempt.upstream_message)
+            return True
+        finally:
+            forget_people_with_retries()
+        # Linked before anything is sent: from now on this line is never "not sent" unless
+        # its own record proves that no POST was begun.
+        BulkLine.objects.filter(pk=line.pk).update(retry=attempt)
+    recheck = send_started_retry(attempt, user=bulk.requested_by, guid=line.task_guid)
     return _apply(bulk, line, attempt, recheck)
 
 
@@ -274,6 +312,18 @@ def _resume(bulk: BulkRetry, line: BulkLine, attempt: RetryAttempt) -> bool | No
             "started it. It is never re-sent: check the task list before retrying."
         )
     return _apply(bulk, line, attempt, Recheck.SENT)
+
+
+def resendable(bulk: BulkRetry) -> list[BulkLine]:
+    """Lines "not sent" whose own record proves that no POST was begun (none was written,
+    or it was settled before sending): these may be sent again, in a new bulk."""
+    lines = bulk.lines.filter(state=LineState.NOT_SENT).select_related("retry")
+    return [
+        line
+        for line in lines.order_by("position")
+        if line.retry is None
+        or (line.retry.sent_at is None and line.retry.outcome == Outcome.NOT_SENT)
+    ]
 
 
 def _apply(bulk: BulkRetry, line: BulkLine, attempt: RetryAttempt, recheck: str) -> bool:
@@ -340,48 +390,57 @@ def cancel(bulk: BulkRetry) -> bool:
     )
 
 
-@dataclass
-class Progress:
-    total: int
-    sent: int
-    refused: int
-    skipped: int
-    unknown: int
-    not_sent: int
-    waiting: int
-
-    @property
-    def done(self) -> int:
-        return self.total - self.waiting
-
-
-def progress(bulk: BulkRetry) -> Progress:
-    counts = dict(bulk.lines.values_list("state").annotate(n=Count("id")).order_by())
-    return Progress(
-        total=sum(counts.values()),
-        sent=counts.get(LineState.SENT, 0),
-        refused=counts.get(LineState.REFUSED, 0),
-        skipped=counts.get(LineState.SKIPPED, 0),
-        unknown=counts.get(LineState.UNKNOWN, 0),
-        not_sent=counts.get(LineState.NOT_SENT, 0),
-        waiting=counts.get(LineState.WAITING, 0),
-    )
-
-
-def with_counts(bulks):
-    """Bulks with their outcome counts, for the supervisors' list (one query)."""
-    return bulks.annotate(
-        total=Count("lines"),
-        sent=Count("lines", filter=Q(lines__state=LineState.SENT)),
-        refused=Count("lines", filter=Q(lines__state=LineState.REFUSED)),
-        skipped=Count("lines", filter=Q(lines__state=LineState.SKIPPED)),
-        unknown=Count("lines", filter=Q(lines__state=LineState.UNKNOWN)),
-        not_sent=Count("lines", filter=Q(lines__state=LineState.NOT_SENT)),
-    ).select_related("requested_by")
-
-
 def visible_bulks(user):
     bulks = BulkRetry.objects.all()
     if not user.has_perm("kickouts.view_all_retries"):
         bulks = bulks.filter(requested_by=user)
     return bulks
+
+
+# -- the sweep that sends -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A bulk a sweep claimed to send its next import, and the `due_at` that is the claim."""
+
+    bulk: BulkRetry
+    lease: datetime
+
+
+def claim_due(now: datetime, limit: int = 10) -> list[Claim]:
+    """Claim the bulks whose next import is due, each for one import's re-check and POST."""
+    claims = []
+    due = BulkRetry.objects.filter(state=BulkState.SENDING, due_at__lte=now).order_by("due_at")
+    for bulk in due.select_related("requested_by")[:limit]:
+        lease = now + send_lease()
+        if BulkRetry.objects.filter(pk=bulk.pk, due_at=bulk.due_at).update(due_at=lease):
+            bulk.due_at = lease
+            claims.append(Claim(bulk, lease))
+    return claims
+
+
+def next_due(now: datetime | None = None) -> datetime | None:
+    return BulkRetry.objects.filter(state=BulkState.SENDING).aggregate(at=Min("due_at"))["at"]
+
+
+@task(takes_context=True)
+def send_due_bulks(context: TaskContext) -> str:
+    """The sweep, as the worker runs it (see `sweep`)."""
+    return sweep(str(context.task_result.id))
+
+
+def sweep(me: str | None = None) -> str:
+    """Send the next import of each due bulk, one import per bulk and claim. `me` is the
+    queued sweep's id (None: a run by hand)."""
+    claims = sweeps.begin(send_due_bulks, me, claim_due, next_due)
+    if claims is None:
+        return "another sweep is scheduled"
+    for claim in claims:
+        if send_next_line(claim.bulk):
+            # The next import is due at once (another sweep, so other work interleaves).
+            BulkRetry.objects.filter(pk=claim.bulk.pk, due_at=claim.lease).update(
+                due_at=timezone.now()
+            )
+    sweeps.finish(send_due_bulks, next_due())
+    return f"sent one import of {len(claims)} bulk(s)"

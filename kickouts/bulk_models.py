@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -48,14 +49,27 @@ class BulkRetry(models.Model):
     stop_reason = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # The guard against two senders: the one step allowed to run next, and while a step
-    # sends, until when and on which worker (kickouts/tasks.py, send_bulk_step).
-    step_task_id = models.CharField(max_length=64, blank=True)
-    busy_until = models.DateTimeField(null=True, blank=True)
-    worker_id = models.CharField(max_length=64, blank=True)
+    # When its next import is due to be sent. The bulk's sweep (kickouts/bulk.py) claims it
+    # by moving it (a conditional UPDATE) for as long as one import's re-check and POST may
+    # take; a worker that dies leaves it to come due again.
+    due_at = models.DateTimeField(null=True, blank=True)
+    # The requester's one email, due to be looked at whenever the bulk stops sending or one
+    # of its new imports ends (and sent once the last has ended): swept and claimed like a
+    # follow-up (kickouts/follow_up.py), and recorded once sent.
+    email_due_at = models.DateTimeField(null=True, blank=True)
+    notified_at = models.DateTimeField(null=True, blank=True)
+    notification = models.CharField(max_length=200, blank=True)
 
     class Meta:
         ordering = ["-requested_at", "-id"]
+        indexes = [
+            models.Index(fields=["due_at"], condition=Q(state="sending"), name="bulk_due"),
+            models.Index(
+                fields=["email_due_at"],
+                condition=Q(email_due_at__isnull=False),
+                name="bulk_email_due",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Bulk retry #{self.pk}"

@@ -18,11 +18,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import energycap, snapshots
+from . import energycap, snapshots, status
 from .energycap import EnergyCapError
-from .models import CompareState, RetryAttempt
+from .follow_up_models import FollowUp
+from .models import CompareState, Comparison, RetryAttempt
 from .queue_models import HandledReason, ImportSnapshot, KickoutRow
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ FIXED = "fixed"
 STILL = "still"
 NEW = "new"
 CHANGE_LABELS = {FIXED: "fixed", STILL: "still kicked out", NEW: "new"}
+# What `compare_retry` returns for an error that asking again cannot mend (stored as an error).
+GAVE_UP = "gave up"
 
 RowKey = tuple[str, str, date | None, date | None]
 
@@ -47,7 +51,9 @@ def row_key(row: KickoutRow) -> RowKey:
 
 
 @dataclass
-class Comparison:
+class Compared:
+    """The rows of a comparison, each with its change."""
+
     rows: list[dict] = field(default_factory=list)
 
     def count(self, change: str) -> int:
@@ -67,7 +73,7 @@ def _describe(row: KickoutRow, change: str, message: str, was: str = "") -> dict
     }
 
 
-def compare_rows(before: Iterable[KickoutRow], after: Iterable[KickoutRow]) -> Comparison:
+def compare_rows(before: Iterable[KickoutRow], after: Iterable[KickoutRow]) -> Compared:
     """Each source row fixed or still kicked out, and each row only the new task has.
 
     Rows with the same key are paired in file order, so a bill that appears twice in the
@@ -76,7 +82,7 @@ def compare_rows(before: Iterable[KickoutRow], after: Iterable[KickoutRow]) -> C
     waiting: dict[RowKey, list[KickoutRow]] = defaultdict(list)
     for row in after:
         waiting[row_key(row)].append(row)
-    result = Comparison()
+    result = Compared()
     for row in before:
         matches = waiting.get(row_key(row))
         if matches:
@@ -114,45 +120,54 @@ def _ended(status: str) -> str:
     return "other"
 
 
-def compare_retry(attempt: RetryAttempt) -> str:
-    """Compare once the new task ended, and store the counts and rows on the retry.
+def compare_retry(attempt: RetryAttempt, follow: FollowUp) -> str:
+    """Compare once the new task ended, and store it as the retry's `Comparison`.
 
+    `follow` holds the end as the follow-up read it: the new task is not asked about again.
     Idempotent: a retry already compared (or whose new task failed) is left as it is; one
     whose comparison failed (EnergyCAP did not answer) is tried again.
     """
-    attempt.refresh_from_db()
-    if attempt.compare_state in (CompareState.COMPARED, CompareState.NEW_TASK_FAILED):
-        return attempt.compare_state
-    if not attempt.new_task_guid or not attempt.new_task_finished:
+    done = Comparison.objects.filter(
+        retry=attempt, state__in=[CompareState.COMPARED, CompareState.NEW_TASK_FAILED]
+    ).first()
+    if done is not None:
+        return done.state
+    if not follow.finished:
         return "not ended"
-    kind = _ended(attempt.new_task_status)
+    kind = _ended(follow.status)
     if kind == "failed":
         state = _store(attempt, state=CompareState.NEW_TASK_FAILED)
-        _back_in_the_queue(attempt)
+        _back_in_the_queue(attempt, follow)
         return state
     if kind == "other":
         return _store(
             attempt,
             state=CompareState.ERROR,
             error=(
-                f"EnergyCAP's status “{attempt.new_task_status}” is not one the dashboard "
+                f"EnergyCAP's status “{follow.status}” is not one the dashboard "
                 "compares (only “Completed” and “Completed with kickouts”)."
             ),
         )
     api = energycap.client()
     try:
-        source = snapshots.ensure_snapshot(api.get_task(attempt.source_task_guid))
+        source = snapshots.stored(attempt.source_task_guid)
+        if source is None:
+            source = snapshots.ensure_snapshot(api.get_task(attempt.source_task_guid))
         if source is None:
             raise EnergyCapError("The source import's kickouts could not be stored.")
         after: list[KickoutRow] = []
         if kind == "kickouts":
-            new = snapshots.ensure_snapshot(api.get_task(attempt.new_task_guid))
+            new = snapshots.ensure_snapshot(
+                status.recorded_task(follow, task_id=attempt.new_task_id)
+            )
             if new is None:
                 raise EnergyCapError("The new import's kickouts could not be stored.")
             after = list(new.rows.order_by("position"))
     except EnergyCapError as exc:
         logger.warning("Retry #%s not compared: %s", attempt.pk, exc.message)
-        return _store(attempt, state=CompareState.ERROR, error=exc.message)
+        _store(attempt, state=CompareState.ERROR, error=exc.message)
+        # A missing task or a refused key will not answer later: not worth asking again.
+        return GAVE_UP if exc.permanent else CompareState.ERROR
     # The queue follows: rows still kicked out are in the new import's snapshot (open);
     # the source leaves the queue as re-imported, if nobody marked it yet.
     if not source.is_handled:
@@ -165,35 +180,48 @@ def compare_retry(attempt: RetryAttempt) -> str:
     return _store(attempt, state=CompareState.COMPARED, result=result)
 
 
-def _back_in_the_queue(attempt: RetryAttempt) -> None:
-    """A re-import that failed imported nothing: the source import's kickouts are still to do,
-    so the queue shows them again. Only the dashboard's own "re-imported" mark is undone;
-    a reason a person chose (a corrected file, ignored) stays."""
+def _back_in_the_queue(attempt: RetryAttempt, follow: FollowUp) -> None:
+    """A re-import that failed: the source import's kickouts are still to do, so the queue
+    shows them again. Only the dashboard's own "re-imported" mark is undone; a reason a
+    person chose (a corrected file, ignored) stays. When EnergyCAP's counts prove that no bill
+    was imported, the retry says "nothing imported": the task may be retried by a clerk,
+    without the duplicate warning (the counts missing or showing bills keep it)."""
+    if follow.proves_nothing_imported:
+        attempt.mark_imported_nothing()
     source = ImportSnapshot.objects.filter(task_guid=attempt.source_task_guid).first()
     if source is not None and source.handled_reason == HandledReason.REIMPORTED:
+        proof = (
+            "EnergyCAP's counts show no bill imported"
+            if follow.proves_nothing_imported
+            else "its kickouts are to do again"
+        )
         source.reopen(
             user=None,
-            note=f"The re-import of retry #{attempt.pk} ended “{attempt.new_task_status}”: "
-            "nothing was imported, so its kickouts are open again.",
+            note=f"The re-import of retry #{attempt.pk} ended “{follow.status}”: {proof}, "
+            "so its kickouts are open again.",
         )
 
 
 def worth_trying_again(attempt: RetryAttempt) -> bool:
     """A failed comparison of an ended "Completed …" task: EnergyCAP may answer later."""
-    return attempt.compare_state == CompareState.ERROR and _ended(attempt.new_task_status) in (
-        "kickouts",
-        "completed",
+    found = Comparison.objects.filter(retry=attempt).first()
+    follow = FollowUp.objects.filter(retry=attempt).first()
+    return (
+        found is not None
+        and found.state == CompareState.ERROR
+        and follow is not None
+        and _ended(follow.status) in ("kickouts", "completed")
     )
 
 
 def _store(
-    attempt: RetryAttempt, *, state: str, result: Comparison | None = None, error: str = ""
+    attempt: RetryAttempt, *, state: str, result: Compared | None = None, error: str = ""
 ) -> str:
     values = {
-        "compare_state": state,
+        "state": state,
         "compared_at": timezone.now(),
-        "compare_error": error[:2000],
-        "compare_rows": result.rows if result else [],
+        "error": error[:2000],
+        "rows": result.rows if result else [],
         "before_count": None,
         "fixed_count": None,
         "still_count": None,
@@ -206,9 +234,14 @@ def _store(
             still_count=result.count(STILL),
             new_count=result.count(NEW),
         )
-    RetryAttempt.objects.filter(
-        pk=attempt.pk, compare_state__in=[CompareState.NOT_COMPARED, CompareState.ERROR]
-    ).update(**values)
-    for name, value in values.items():
-        setattr(attempt, name, value)
+    # Only a missing or failed comparison is (re)written: a finished one never changes.
+    stored = Comparison.objects.filter(retry=attempt, state=CompareState.ERROR).update(**values)
+    if not stored:
+        try:
+            with transaction.atomic():
+                Comparison.objects.create(retry=attempt, **values)
+        except IntegrityError:
+            pass  # compared meanwhile by another step
+    attempt.__dict__.pop("compared", None)
+    attempt._state.fields_cache.pop("comparison", None)
     return state

@@ -493,25 +493,28 @@ class EnergyCap:
 
     # -- concurrency --
 
-    def at_once(self, **calls: Callable[[], Any]) -> Answers:
-        """Run independent calls of this client concurrently and wait for all of them.
+    def at_once(self, *calls: Callable[[], Any], **named: Callable[[], Any]) -> Any:
+        """Run independent calls of this client concurrently and wait for all of them: a list
+        of `Answer`s in the order of `calls` (or, for `named` calls, an `Answers` by name).
 
         Each call keeps its own timeouts, retries and scrubbing, and a typed error is that
         call's answer alone (raised by `Answer.get`). Anything else is a bug and is raised.
-        The calls run on the client's threads, so they may only talk to EnergyCAP: no
-        database or cache. The calling thread makes the first call itself.
+        The calls run on the client's threads (at most `CONCURRENT_CALLS` at once, however
+        many are given), so they may only talk to EnergyCAP: no database or cache. The
+        calling thread makes the first call itself.
         """
+        if named:
+            names = list(named)
+            return Answers(zip(names, self.at_once(*named.values()), strict=True))
         if not calls:
-            return Answers()
-        names = list(calls)
-        if len(names) == 1 or getattr(_pool_thread, "active", False):
+            return []
+        if len(calls) == 1 or getattr(_pool_thread, "active", False):
             # On a pool thread, waiting for the pool could wait forever: one after another.
-            return Answers({name: _answer(calls[name]) for name in names})
+            return [_answer(call) for call in calls]
         pool = self._executor()
-        futures = {name: pool.submit(_answer, calls[name]) for name in names[1:]}
-        answers = Answers({names[0]: _answer(calls[names[0]])})
-        answers.update((name, future.result()) for name, future in futures.items())
-        return answers
+        futures = [pool.submit(_answer, call) for call in calls[1:]]
+        first = _answer(calls[0])
+        return [first, *(future.result() for future in futures)]
 
     def _executor(self) -> ThreadPoolExecutor:
         # Made on first use in each process: a forked server worker has none of its

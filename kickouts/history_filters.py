@@ -21,7 +21,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from . import batch_modes
-from .models import Outcome, RetryAttempt
+from .models import FollowUp, Outcome, RetryAttempt
 
 # Rows a page: rendering them is most of the page's time (README, Benchmarks); 25 unless
 # the reader chooses more.
@@ -279,15 +279,11 @@ def final_statuses() -> list[str]:
 def _read_final_statuses(limit: int = 50) -> list[str]:
     # One index probe per distinct status (a "loose index scan" of retry_final_time), where
     # SELECT DISTINCT reads the whole table.
-    finished = RetryAttempt.objects.filter(new_task_finished=True).order_by("new_task_status")
+    finished = FollowUp.objects.filter(finished=True).order_by("status")
     statuses: list[str] = []
     while len(statuses) < limit:
         after = statuses[-1] if statuses else ""
-        status = (
-            finished.filter(new_task_status__gt=after)
-            .values_list("new_task_status", flat=True)
-            .first()
-        )
+        status = finished.filter(status__gt=after).values_list("status", flat=True).first()
         if status is None:
             break
         statuses.append(status)
@@ -307,9 +303,11 @@ def filter_retries(retries: QuerySet, filters: dict) -> QuerySet:
     if filters.get("final_status") == STILL_RUNNING:
         retries = retries.unfinished()
     elif filters.get("final_status") == STILL_KICKING_OUT:
-        retries = retries.filter(still_count__gt=0)
+        retries = retries.filter(comparison__still_count__gt=0)
     elif filters.get("final_status"):
-        retries = retries.filter(new_task_status=filters["final_status"], new_task_finished=True)
+        retries = retries.filter(
+            follow_up__status=filters["final_status"], follow_up__finished=True
+        )
     if filters.get("batch_mode"):
         retries = retries.filter(batch_mode=filters["batch_mode"])
     if filters.get("bulk"):

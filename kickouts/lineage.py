@@ -35,7 +35,7 @@ def for_task(guid: str) -> Lineage:
     for _ in range(MAX_DEPTH):
         parent = (
             RetryAttempt.objects.filter(new_task_guid=current)
-            .select_related("requested_by")
+            .select_related("requested_by", "follow_up", "comparison")
             .first()
         )
         if parent is None or parent.source_task_guid in seen:
@@ -48,7 +48,7 @@ def for_task(guid: str) -> Lineage:
     for depth in range(MAX_DEPTH):
         children = list(
             RetryAttempt.objects.filter(source_task_guid__in=frontier)
-            .select_related("requested_by")
+            .select_related("requested_by", "follow_up", "comparison")
             .order_by("requested_at", "id")
         )
         if not children:

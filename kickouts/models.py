@@ -16,6 +16,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 from . import batch_modes
 
@@ -35,19 +36,10 @@ class Outcome(models.TextChoices):
 MAY_HAVE_IMPORTED = [Outcome.SUBMITTING, Outcome.SUBMITTED, Outcome.UNKNOWN]
 
 
-class FollowState(models.TextChoices):
-    """Whether a worker follows the new task (kickouts/tasks.py) until it ends."""
-
-    NOT_FOLLOWED = "", "Not followed"
-    FOLLOWING = "following", "Following"
-    ENDED = "ended", "Ended"
-    STOPPED = "stopped", "Stopped following"
-
-
 class CompareState(models.TextChoices):
-    """Whether the source's kickout rows were compared with the new task's (kickouts/compare.py)."""
+    """What became of comparing the source's kickout rows with the new task's
+    (kickouts/compare.py); a retry without a `Comparison` was not compared (yet)."""
 
-    NOT_COMPARED = "", "Not compared"
     COMPARED = "compared", "Compared"
     NEW_TASK_FAILED = "failed", "New import failed"
     ERROR = "error", "Could not compare"
@@ -125,55 +117,14 @@ class RetryAttemptQuerySet(models.QuerySet):
 
     def unfinished(self) -> RetryAttemptQuerySet:
         """Retries whose new task may still be running (worth asking EnergyCAP about)."""
-        return self.filter(outcome=Outcome.SUBMITTED, new_task_finished=False)
-
-    def expire_stale_submissions(self, older_than: timedelta) -> int:
-        """Turn "submitting" rows whose process died mid-call into "outcome unknown"."""
-        cutoff = timezone.now() - older_than
-        return self.filter(outcome=Outcome.SUBMITTING, requested_at__lt=cutoff).update(
-            outcome=Outcome.UNKNOWN,
-            upstream_message=(
-                "The dashboard stopped before EnergyCAP's answer was recorded; "
-                "check the task list before retrying."
-            ),
-            answered_at=timezone.now(),
-        )
-
-
-# What a linked retry gained from following its task, cleared when the link is reversed.
-_FOLLOWED_FIELDS = {
-    "new_task_guid": "",
-    "new_task_status": "",
-    "new_task_finished": False,
-    "new_task_begin_date": None,
-    "new_task_end_date": None,
-    "new_task_success_count": None,
-    "new_task_analyzing_count": None,
-    "new_task_flag_count": None,
-    "new_task_batch_code": "",
-    "new_task_message": "",
-    "new_task_checked_at": None,
-    "new_task_batch_id": None,
-    "follow_state": FollowState.NOT_FOLLOWED,
-    "follower_task_id": "",
-    "follow_next_at": None,
-    "follow_lease_until": None,
-    "follow_busy_until": None,
-    "compare_state": CompareState.NOT_COMPARED,
-    "compared_at": None,
-    "compare_error": "",
-    "before_count": None,
-    "fixed_count": None,
-    "still_count": None,
-    "new_count": None,
-    "compare_rows": [],
-    "notified_at": None,
-    "notification": "",
-}
+        return self.filter(outcome=Outcome.SUBMITTED, follow_up__finished=False)
 
 
 class RetryAttempt(models.Model):
-    """One request by a dashboard user to re-import a task's kickouts."""
+    """One request by a dashboard user to re-import a task's kickouts: what was asked, and
+    what EnergyCAP answered. What happened after the answer has records of its own: the new
+    task's follow-up (`FollowUp`), its before and after (`Comparison`), a supervisor's
+    decisions on a lost answer (`ReconcileDecision`)."""
 
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="retry_attempts"
@@ -201,26 +152,6 @@ class RetryAttempt(models.Model):
     batch_code = models.CharField(max_length=255, blank=True)
     import_note = models.TextField(blank=True)
     payload = models.JSONField(help_text="The exact JSON body sent to EnergyCAP.")
-
-    outcome = models.CharField(max_length=20, choices=Outcome.choices, default=Outcome.SUBMITTING)
-    sent_at = models.DateTimeField(null=True, blank=True)
-    answered_at = models.DateTimeField(null=True, blank=True)
-    upstream_status_code = models.IntegerField(null=True, blank=True)
-    upstream_message = models.TextField(blank=True)
-    new_task_guid = models.CharField(max_length=36, blank=True)
-
-    # What the dashboard last saw of the new task.
-    new_task_status = models.CharField(max_length=100, blank=True)
-    new_task_finished = models.BooleanField(default=False)
-    new_task_begin_date = models.DateTimeField(null=True, blank=True)
-    new_task_end_date = models.DateTimeField(null=True, blank=True)
-    new_task_success_count = models.IntegerField(null=True, blank=True)
-    new_task_analyzing_count = models.IntegerField(null=True, blank=True)
-    new_task_flag_count = models.IntegerField(null=True, blank=True)
-    new_task_batch_code = models.CharField(max_length=255, blank=True)
-    new_task_message = models.TextField(blank=True)
-    new_task_checked_at = models.DateTimeField(null=True, blank=True)
-    new_task_batch_id = models.IntegerField(null=True, blank=True)
     # The bulk retry this retry was one import of (kickouts/bulk.py), if any.
     bulk = models.ForeignKey(
         "kickouts.BulkRetry",
@@ -230,52 +161,15 @@ class RetryAttempt(models.Model):
         related_name="retries",
     )
 
-    # Following the new task in the background (kickouts/tasks.py).
-    follow_state = models.CharField(
-        max_length=20, choices=FollowState.choices, default=FollowState.NOT_FOLLOWED, blank=True
-    )
-    follow_stopped_reason = models.TextField(blank=True)
-    follow_checked_at = models.DateTimeField(
-        null=True, blank=True, help_text="When the follower last asked EnergyCAP."
-    )
-    follow_succeeded_at = models.DateTimeField(
-        null=True, blank=True, help_text="When EnergyCAP last answered the follower."
-    )
-    follow_failures = models.PositiveIntegerField(
-        default=0, help_text="Failed asks in a row (the follower backs off)."
-    )
-    follow_error = models.TextField(blank=True)
-    follow_next_at = models.DateTimeField(
-        null=True, blank=True, help_text="When the follower's next step is due."
-    )
-    # The guard against two followers: the id of the one follow step allowed to run next.
-    # A step that finds another id here (with its lease still valid) ends its chain.
-    follower_task_id = models.CharField(max_length=64, blank=True)
-    follow_lease_until = models.DateTimeField(null=True, blank=True)
-    # A step asking EnergyCAP right now, and on which worker: the next step waits for it,
-    # unless it runs on that same worker (restarted, so the ask died with it).
-    follow_busy_until = models.DateTimeField(null=True, blank=True)
-    follow_worker_id = models.CharField(max_length=64, blank=True)
-    # Claimed by one conditional UPDATE before the email goes out: sent once, even when
-    # two workers race.
-    notified_at = models.DateTimeField(null=True, blank=True)
-    notification = models.CharField(
-        max_length=200, blank=True, help_text="What became of the email to the requester."
-    )
-
-    # Before and after (kickouts/compare.py): the source's kickout rows against the new task's.
-    compare_state = models.CharField(
-        max_length=10, choices=CompareState.choices, default=CompareState.NOT_COMPARED, blank=True
-    )
-    compared_at = models.DateTimeField(null=True, blank=True)
-    compare_error = models.TextField(blank=True)
-    before_count = models.PositiveIntegerField(null=True, blank=True)
-    fixed_count = models.PositiveIntegerField(null=True, blank=True)
-    still_count = models.PositiveIntegerField(null=True, blank=True)
-    new_count = models.PositiveIntegerField(null=True, blank=True)
-    # One dict per row: change ("fixed", "still", "new"), message, was (the source's message when
-    # it differs), account, meter, start, end.
-    compare_rows = models.JSONField(default=list, blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, default=Outcome.SUBMITTING)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    upstream_status_code = models.IntegerField(null=True, blank=True)
+    upstream_message = models.TextField(blank=True)
+    new_task_guid = models.CharField(max_length=36, blank=True)
+    # The new import's number, as clerks know it: EnergyCAP's answer names only its GUID,
+    # so it is stored from the first reading of the new task (kickouts/follow_up.py).
+    new_task_id = models.IntegerField(null=True, blank=True)
 
     # Reconciling "outcome unknown" (kickouts/reconcile.py): the current decision; every
     # decision, reversals too, is a `ReconcileDecision`.
@@ -316,29 +210,13 @@ class RetryAttempt(models.Model):
             models.Index(fields=["requested_by", "-requested_at"], name="retry_user_time"),
             models.Index(fields=["outcome", "-requested_at"], name="retry_outcome_time"),
             models.Index(fields=["batch_mode", "-requested_at"], name="retry_mode_time"),
-            models.Index(fields=["new_task_status", "-requested_at"], name="retry_final_time"),
             models.Index(fields=["-requested_at", "-id"], name="retry_time"),
             models.Index(fields=["batch_code"], name="retry_batch_code"),
-            # The few retries whose new task may still run: the history's "still running"
-            # filter, and refresh_retries. Without it both read every retry when few match.
+            # Submissions whose process may have died mid-call (`expire_stale_submissions`).
             models.Index(
-                fields=["-requested_at", "-id"],
-                condition=Q(outcome="submitted", new_task_finished=False),
-                name="retry_running_time",
-            ),
-            # Followed retries whose follower may have been lost (kickouts/tasks.py), and the
-            # health check's "last follow-up".
-            models.Index(
-                fields=["follow_lease_until"],
-                condition=Q(follow_state="following"),
-                name="retry_follow_lease",
-            ),
-            models.Index(fields=["-follow_checked_at"], name="retry_follow_checked"),
-            # The history's "still kicking out" filter.
-            models.Index(
-                fields=["-requested_at", "-id"],
-                condition=Q(still_count__gt=0),
-                name="retry_still_kicking_time",
+                fields=["requested_at"],
+                condition=Q(outcome="submitting"),
+                name="retry_submitting",
             ),
         ]
 
@@ -363,7 +241,6 @@ class RetryAttempt(models.Model):
         payload: dict,
         confirmed_duplicate_of: RetryAttempt | None = None,
         bulk=None,
-        stale_after: timedelta = timedelta(minutes=5),
     ) -> RetryAttempt:
         """Write the record in state "submitting", before anything is sent.
 
@@ -373,7 +250,7 @@ class RetryAttempt(models.Model):
         existing = cls.objects.filter(form_token=form_token).first()
         if existing is not None:
             raise DuplicateToken(existing)
-        cls.objects.filter(source_task_guid=source_task.guid).expire_stale_submissions(stale_after)
+        expire_stale_submissions(cls.objects.filter(source_task_guid=source_task.guid))
         sequence = confirmed_duplicate_of.duplicate_sequence + 1 if confirmed_duplicate_of else 0
         fields = dict(
             requested_by=user,
@@ -415,33 +292,47 @@ class RetryAttempt(models.Model):
         self.sent_at = timezone.now()
         self.save(update_fields=["sent_at"])
 
-    def _finish(self, outcome: str, *, status_code=None, message="", new_task_guid="") -> None:
-        self.outcome = outcome
-        self.upstream_status_code = status_code
-        self.upstream_message = message
-        self.new_task_guid = new_task_guid
-        self.answered_at = timezone.now()
-        self.save(
-            update_fields=[
-                "outcome",
-                "upstream_status_code",
-                "upstream_message",
-                "new_task_guid",
-                "answered_at",
-            ]
+    def _finish(self, outcome: str, *, status_code=None, message="", new_task_guid="") -> bool:
+        """Record the answer, unless the record is no longer "submitting": its lease ran out
+        and it was settled as "outcome unknown" meanwhile. That stays; nothing is re-sent."""
+        values = {
+            "outcome": outcome,
+            "upstream_status_code": status_code,
+            "upstream_message": message,
+            "new_task_guid": new_task_guid,
+            "answered_at": timezone.now(),
+        }
+        recorded = RetryAttempt.objects.filter(pk=self.pk, outcome=Outcome.SUBMITTING).update(
+            **values
         )
+        if recorded:
+            for name, value in values.items():
+                setattr(self, name, value)
+        else:
+            self.refresh_from_db()
+        return bool(recorded)
 
-    def mark_submitted(self, new_task_guid: str) -> None:
-        self._finish(Outcome.SUBMITTED, status_code=200, new_task_guid=new_task_guid)
+    def mark_submitted(self, new_task_guid: str) -> bool:
+        return self._finish(Outcome.SUBMITTED, status_code=200, new_task_guid=new_task_guid)
 
-    def mark_rejected(self, status_code: int | None, message: str) -> None:
-        self._finish(Outcome.REJECTED, status_code=status_code, message=message)
+    def mark_rejected(self, status_code: int | None, message: str) -> bool:
+        return self._finish(Outcome.REJECTED, status_code=status_code, message=message)
 
-    def mark_not_sent(self, message: str) -> None:
-        self._finish(Outcome.NOT_SENT, message=message)
+    def mark_not_sent(self, message: str) -> bool:
+        return self._finish(Outcome.NOT_SENT, message=message)
 
-    def mark_unknown(self, message: str) -> None:
-        self._finish(Outcome.UNKNOWN, message=message)
+    def mark_unknown(self, message: str) -> bool:
+        return self._finish(Outcome.UNKNOWN, message=message)
+
+    def mark_imported_nothing(self) -> bool:
+        """The new import ended "Failed" and its counts prove no bill was imported: the task
+        may be retried again without the duplicate confirmation (kickouts/compare.py)."""
+        changed = RetryAttempt.objects.filter(pk=self.pk, outcome=Outcome.SUBMITTED).update(
+            outcome=Outcome.NONE_IMPORTED
+        )
+        if changed:
+            self.outcome = Outcome.NONE_IMPORTED
+        return bool(changed)
 
     # -- settling "outcome unknown" (kickouts/reconcile.py decides who may, and when) --
 
@@ -467,7 +358,8 @@ class RetryAttempt(models.Model):
         )
 
     def unmark_reconciled(self) -> None:
-        """Back to "outcome unknown", as EnergyCAP left it; a link's follow-up is forgotten."""
+        """Back to "outcome unknown", as EnergyCAP left it. A link's follow-up and its before
+        and after are records of their own: deleting them leaves no trace of the link."""
         values: dict = {
             "outcome": Outcome.UNKNOWN,
             "reconciled": Reconciled.UNDECIDED,
@@ -476,37 +368,15 @@ class RetryAttempt(models.Model):
             "reconciled_note": "",
         }
         if self.reconciled == Reconciled.LINKED:
-            values.update(_FOLLOWED_FIELDS)
+            values.update(new_task_guid="", new_task_id=None)
+            FollowUp.objects.filter(retry=self).delete()
+            Comparison.objects.filter(retry=self).delete()
         RetryAttempt.objects.filter(pk=self.pk).update(**values)
         self.refresh_from_db()
-
-    def record_task_status(self, task, checked_at=None) -> bool:
-        """Store what the status panel (or refresh_retries) saw of the new task.
-
-        One conditional UPDATE: of many watchers holding the same shared reading, only
-        the first stores it, and an older reading never overwrites a newer one.
-        """
-        checked_at = checked_at or timezone.now()
-        if self.new_task_checked_at is not None and self.new_task_checked_at >= checked_at:
-            return False  # already stored: a polled panel then writes nothing
-        values = {
-            "new_task_status": task.status[:100],
-            "new_task_finished": not task.is_running,
-            "new_task_begin_date": task.begin_date,
-            "new_task_end_date": task.end_date,
-            "new_task_success_count": task.current_success_count,
-            "new_task_analyzing_count": task.analyzing_count,
-            "new_task_flag_count": task.unresolved_flag_count,
-            "new_task_batch_code": task.batch.batch_code[:255] if task.batch else "",
-            "new_task_batch_id": task.batch.batch_id if task.batch else None,
-            "new_task_message": task.message,
-            "new_task_checked_at": checked_at,
-        }
-        older = Q(new_task_checked_at__isnull=True) | Q(new_task_checked_at__lt=checked_at)
-        stored = RetryAttempt.objects.filter(older, pk=self.pk).update(**values)
-        for name, value in values.items():
-            setattr(self, name, value)
-        return bool(stored)
+        for name in ("follow_up", "comparison"):
+            self._state.fields_cache.pop(name, None)
+        for name in ("follow", "compared"):
+            self.__dict__.pop(name, None)
 
     # -- reading --
 
@@ -527,24 +397,122 @@ class RetryAttempt(models.Model):
         return self.outcome in MAY_HAVE_IMPORTED
 
     @property
-    def is_followed(self) -> bool:
-        return self.follow_state != FollowState.NOT_FOLLOWED
+    def source_label(self) -> str:
+        """ "Import 47223", as clerks know it (its GUID while the number is unknown)."""
+        return import_label(self.source_task_id, self.source_task_guid)
 
     @property
-    def new_task_has_kickouts(self) -> bool:
-        return self.new_task_finished and self.new_task_status.lower() == "completed with kickouts"
+    def new_task_label(self) -> str:
+        return import_label(self.new_task_id, self.new_task_guid) if self.new_task_guid else ""
+
+    @cached_property
+    def follow(self) -> FollowUp | None:
+        """The new task's follow-up, or None (not followed, or the link was reversed)."""
+        try:
+            return self.follow_up
+        except FollowUp.DoesNotExist:
+            return None
+
+    @cached_property
+    def compared(self) -> Comparison | None:
+        """The before and after, or None while not compared."""
+        try:
+            return self.comparison
+        except Comparison.DoesNotExist:
+            return None
+
+    @property
+    def imported_nothing(self) -> bool:
+        """The new import ended "Failed" and EnergyCAP's counts prove it imported no bill
+        (not a supervisor's "nothing was imported" for a lost answer)."""
+        return self.outcome == Outcome.NONE_IMPORTED and self.reconciled != Reconciled.NONE_STARTED
+
+
+def import_label(task_id: int | None, guid: str) -> str:
+    """How clerks name an import: by its number, "Import 47223"."""
+    return f"Import {task_id}" if task_id is not None else f"Import {guid}"
+
+
+def send_lease() -> timedelta:
+    """The longest a submission can take: the re-check of the task (with its retries) and the
+    POST. A record still "submitting" after that was left by a process that died."""
+    one_call = settings.ENERGYCAP_CONNECT_TIMEOUT + settings.ENERGYCAP_READ_TIMEOUT
+    recheck = settings.ENERGYCAP_GET_ATTEMPTS * one_call + settings.ENERGYCAP_MAX_RETRY_AFTER
+    return timedelta(seconds=recheck + one_call + 2 * settings.STATUS_POLL_SECONDS)
+
+
+STALE_SENT = (
+    "The dashboard stopped while this re-import was being sent; EnergyCAP may have started it. "
+    "It is never re-sent: check the task list before retrying."
+)
+STALE_NOT_SENT = (
+    "Not sent: the dashboard stopped before it sent anything to EnergyCAP. Nothing was "
+    "imported: you may try again."
+)
+
+
+def expire_stale_submissions(retries=None, now=None) -> list[int]:
+    """Settle "submitting" records whose process died mid-call, once their lease has passed:
+    one whose POST had begun is "outcome unknown" (EnergyCAP may have acted), never "not
+    sent"; one whose POST never began is "not sent", unless a bulk retry owns it (the bulk
+    resumes it with the same record, kickouts/bulk.py). Returns the retries settled."""
+    now = now or timezone.now()
+    stale = (retries if retries is not None else RetryAttempt.objects.all()).filter(
+        outcome=Outcome.SUBMITTING, requested_at__lt=now - send_lease()
+    )
+    settled = []
+    for pk, sent_at, bulk_id in stale.values_list("pk", "sent_at", "bulk_id"):
+        if sent_at is not None:
+            values = {"outcome": Outcome.UNKNOWN, "upstream_message": STALE_SENT}
+        elif bulk_id is None:
+            values = {"outcome": Outcome.NOT_SENT, "upstream_message": STALE_NOT_SENT}
+        else:
+            continue
+        if RetryAttempt.objects.filter(pk=pk, outcome=Outcome.SUBMITTING).update(
+            answered_at=now, **values
+        ):
+            settled.append(pk)
+    return settled
+
+
+class Comparison(models.Model):
+    """The before and after of a retry whose new task ended (kickouts/compare.py): each of
+    the source's kickout rows fixed or still kicked out, and the rows only the new task has."""
+
+    retry = models.OneToOneField(
+        RetryAttempt, primary_key=True, on_delete=models.CASCADE, related_name="comparison"
+    )
+    state = models.CharField(max_length=10, choices=CompareState.choices)
+    compared_at = models.DateTimeField(default=timezone.now)
+    error = models.TextField(blank=True)
+    before_count = models.PositiveIntegerField(null=True, blank=True)
+    fixed_count = models.PositiveIntegerField(null=True, blank=True)
+    still_count = models.PositiveIntegerField(null=True, blank=True)
+    new_count = models.PositiveIntegerField(null=True, blank=True)
+    # One dict per row: change ("fixed", "still", "new"), message, was (the source's message when
+    # it differs), account, meter, vendor, start, end.
+    rows = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        indexes = [
+            # The history's "still kicking out" filter.
+            models.Index(fields=["retry"], condition=Q(still_count__gt=0), name="comparison_still")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_state_display()} (retry #{self.retry_id})"
 
     @property
     def fixed_label(self) -> str:
         """ "9 of 12" once compared, else empty."""
-        if self.compare_state != CompareState.COMPARED or self.before_count is None:
+        if self.state != CompareState.COMPARED or self.before_count is None:
             return ""
         return f"{self.fixed_count} of {self.before_count}"
 
     @property
     def rows_left(self) -> int | None:
         """How many of the source's rows the new task still kicked out (plus new ones)."""
-        if self.compare_state != CompareState.COMPARED:
+        if self.state != CompareState.COMPARED:
             return None
         return (self.still_count or 0) + (self.new_count or 0)
 
@@ -603,6 +571,7 @@ class UserSettings(models.Model):
 # -- the kickout queue and bulk retries (their own modules, kept apart from the retry record) --
 
 from .bulk_models import BulkLine, BulkRetry, BulkState, LineState  # noqa: E402, F401
+from .follow_up_models import FollowState, FollowUp  # noqa: E402, F401
 from .queue_models import (  # noqa: E402, F401
     HandledChange,
     HandledReason,
@@ -610,3 +579,4 @@ from .queue_models import (  # noqa: E402, F401
     KickoutRow,
     SnapshotState,
 )
+from .sweeps import Sweep  # noqa: E402, F401

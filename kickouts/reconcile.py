@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from . import energycap
+from . import energycap, follow_up
+from .choices import api_user
 from .models import (
     Outcome,
     Reconciled,
@@ -62,8 +62,6 @@ def candidates(attempt: RetryAttempt) -> list[Candidate]:
 
     Raises the client's `EnergyCapError` when EnergyCAP could not be asked.
     """
-    from .retries import api_user  # retries imports the follower, which imports this module
-
     api = energycap.client()
     start, end = window(attempt)
     clauses = [
@@ -109,9 +107,8 @@ def _locked_unknown(pk: int) -> RetryAttempt:
 
 
 def link(attempt: RetryAttempt, *, user, task_guid: str, note: str = "") -> RetryAttempt:
-    """ "This is the re-import": the retry becomes submitted with that task and is followed."""
-    from .tasks import start_following
-
+    """ "This is the re-import": the retry becomes submitted with that task and is followed
+    from now on (its age counts from the link, however long ago the POST was)."""
     chosen = next((c for c in candidates(attempt) if c.task.guid == task_guid.lower()), None)
     if chosen is None:
         raise ReconcileError("That task is not one of this retry's candidates any more.")
@@ -131,7 +128,7 @@ def link(attempt: RetryAttempt, *, user, task_guid: str, note: str = "") -> Retr
                 reason=HandledReason.REIMPORTED,
                 note=f"Re-import found in EnergyCAP's task list for retry #{locked.pk}.",
             )
-        transaction.on_commit(partial(start_following, locked.pk))
+        follow_up.start(locked)
     return locked
 
 

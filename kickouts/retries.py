@@ -1,93 +1,28 @@
 """Submitting a kickout retry: re-check, record first, send once, record the outcome.
 
-This is the one place that turns a valid `RetryForm` into a POST to EnergyCAP; it also says
-which EnergyCAP calls the form needs (`batch_choice_calls`), so a page makes them at once with
-its own.
+This is the one place that turns a valid `RetryForm` into a POST to EnergyCAP.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable
-from functools import partial
 
-from django.core.cache import cache
 from django.db import transaction
 
-from . import energycap, snapshots
-from .energycap import Answers, EnergyCapError, ReimportAnswer, Verdict
+from . import energycap, follow_up, snapshots
+from .energycap import EnergyCapError, ReimportAnswer, Verdict
 from .forms import BatchChoices, RetryForm
 from .history_filters import forget_people_with_retries
-from .models import RetryAttempt
-from .payloads import CurrentUser, Task
-from .tasks import start_following
+from .models import RetryAttempt, expire_stale_submissions
+from .payloads import Task
 
 logger = logging.getLogger(__name__)
 
-API_USER_CACHE_SECONDS = 300
-
-
-def _api_user_key(api: energycap.EnergyCap) -> str:
-    return "energycap:me:" + hashlib.sha256(api.base_url.encode()).hexdigest()[:16]
-
-
-def api_user(api: energycap.EnergyCap, answers: Answers | None = None) -> CurrentUser:
-    """The key's EnergyCAP user, cached: its identity and permissions rarely change.
-
-    `answers` may hold it already, as `me` from `batch_choice_calls`.
-    """
-    key = _api_user_key(api)
-    user = cache.get(key)
-    if user is None:
-        user = (answers or Answers()).value("me", api.current_user)
-        cache.set(key, user, API_USER_CACHE_SECONDS)
-    return user
-
-
-def batch_choice_calls(api: energycap.EnergyCap) -> dict[str, Callable]:
-    """The calls the retry form needs, for `EnergyCap.at_once` beside the page's others:
-    the open and pending batches, and the key's user unless it is cached."""
-    calls: dict[str, Callable] = {
-        "batches": partial(
-            api.list_batches, filter_clauses=[("batchStatus", "one of", ["Open", "Pending"])]
-        ),
-    }
-    if cache.get(_api_user_key(api)) is None:
-        calls["me"] = api.current_user
-    return calls
-
-
-def load_batch_choices(api: energycap.EnergyCap, answers: Answers | None = None) -> BatchChoices:
-    """The API user and the open and pending batches, from `answers` made with
-    `batch_choice_calls`, or asked now, at once. Raises a call's typed error (the user's
-    first). Smart batch's look-up by code comes later: the code must be valid first."""
-    if answers is None or "batches" not in answers:
-        answers = api.at_once(**batch_choice_calls(api))
-    user = api_user(api, answers)
-    return BatchChoices(
-        api_user=user, batches=answers["batches"].get().items, find_by_code=api.batches_with_code
-    )
-
-
-def unavailable_batch_choices() -> BatchChoices:
-    """No batches known (EnergyCAP did not answer): the form can only show what was typed."""
-    return BatchChoices(
-        api_user=CurrentUser(
-            user_id=None,
-            user_code="",
-            full_name="",
-            can_view_bills=False,
-            can_create_bills=False,
-            can_manage_bills=False,
-        ),
-        batches=[],
-        find_by_code=lambda code: [],
-    )
-
 
 def latest_import_of(task_guid: str) -> RetryAttempt | None:
-    """The newest retry of this task that may have imported its kickouts."""
+    """The newest retry of this task that may have imported its kickouts (a record left
+    "submitting" by a process that died is settled first, once its lease has passed)."""
+    expire_stale_submissions(RetryAttempt.objects.filter(source_task_guid=task_guid))
     return (
         RetryAttempt.objects.filter(source_task_guid=task_guid)
         .may_have_imported()
@@ -161,6 +96,9 @@ def send_started_retry(
     Returns a `Recheck` value; the attempt holds the outcome.
     """
     api = api or energycap.client()
+    # Should this process die before the answer is recorded, a sweep settles the record
+    # once its lease has passed (kickouts/follow_up.py).
+    follow_up.watch_submission(attempt)
     current = rechecked_task
     if current is None:
         # Right before sending, look at the task again: someone may have re-imported
@@ -200,9 +138,11 @@ def record_answer(attempt: RetryAttempt, answer: ReimportAnswer) -> None:
     the verdict alone decides, never a status code."""
     words = f"{answer.message} {answer.reason}".strip()
     if answer.verdict == Verdict.ACCEPTED:
-        attempt.mark_submitted(answer.new_task_guid)
-        # A worker follows the new task to its end and tells the requester (kickouts/tasks.py).
-        transaction.on_commit(partial(start_following, attempt.pk))
+        # A worker follows the new task to its end and tells the requester
+        # (kickouts/follow_up.py): the record and its follow-up commit together.
+        with transaction.atomic():
+            if attempt.mark_submitted(answer.new_task_guid):
+                follow_up.start(attempt)
     elif answer.verdict == Verdict.REFUSED:
         attempt.mark_rejected(answer.status_code, words)
     elif answer.verdict == Verdict.NOT_SENT:

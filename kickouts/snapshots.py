@@ -17,11 +17,13 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import partial
 
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django_tasks import task
 
 from . import energycap, spreadsheet
-from .energycap import Answers, EnergyCapError
+from .energycap import Answer, EnergyCapError
 from .payloads import KickoutGrid, KickoutSummary, Task
 from .queue_models import HandledReason, ImportSnapshot, KickoutRow, SnapshotState
 
@@ -92,29 +94,30 @@ class Fetched:
         return self.exception.message if self.exception else ""
 
 
-def kickout_calls(api: energycap.EnergyCap, guid: str) -> dict[str, Callable]:
-    """The summary and detail calls of an import not stored yet, for `EnergyCap.at_once`
-    beside the task's own GET (its GUID is known before the task answers); none once stored.
+@dataclass(frozen=True)
+class Answered:
+    """The answers to an import's summary and detail calls, made at once with a page's others
+    (`kickout_calls`)."""
 
-    The answers serve a snapshot (`ensure_snapshot`) or, for an import that is not an ended
-    one with kickouts, the page itself; a task that is not a bill import discards them.
-    """
-    if ImportSnapshot.objects.filter(task_guid=guid.lower(), state=SnapshotState.READY).exists():
-        return {}
-    return {
-        "kickout_summary": partial(api.kickout_summary, guid),
-        "kickout_detail": partial(api.kickout_detail, guid),
-    }
+    summary: Answer[KickoutSummary]
+    detail: Answer[KickoutGrid]
 
 
-def fetch_kickouts(api: energycap.EnergyCap, guid: str, answers: Answers | None = None) -> Fetched:
-    """The summary and every row of one import: two requests (or their `answers` from
-    `kickout_calls`), more only if the grid has no message column (then one detail request
-    per message). Runs in a worker thread, or in the request's with `answers`."""
-    answers = answers or Answers()
+def kickout_calls(api: energycap.EnergyCap, guid: str) -> list[Callable]:
+    """The summary and detail calls of an import, for `EnergyCap.at_once` beside the task's own
+    GET (its GUID is known before the task answers); their answers make an `Answered`."""
+    return [partial(api.kickout_summary, guid), partial(api.kickout_detail, guid)]
+
+
+def fetch_kickouts(
+    api: energycap.EnergyCap, guid: str, answered: Answered | None = None
+) -> Fetched:
+    """The summary and every row of one import: two requests (or their `answered` answers),
+    more only if the grid has no message column (then one detail request per message). Runs
+    in a worker thread, or in the request's with `answered`."""
     try:
-        summary = answers.value("kickout_summary", partial(api.kickout_summary, guid))
-        grid = answers.value("kickout_detail", partial(api.kickout_detail, guid))
+        summary = answered.summary.get() if answered else api.kickout_summary(guid)
+        grid = answered.detail.get() if answered else api.kickout_detail(guid)
         message_column = recognise_columns(grid.columns).get("message")
         if message_column is not None or not grid.rows:
             rows = [(row.get(message_column or "", ""), row) for row in grid.rows]
@@ -344,20 +347,25 @@ def snapshot_period(days: int, full_name: str = "") -> tuple[int, int]:
     return registered, take_snapshots(list(loading))
 
 
-def ensure_snapshot(task: Task, answers: Answers | None = None) -> ImportSnapshot:
+def stored(guid: str) -> ImportSnapshot | None:
+    """The import's kickouts if they are stored already (nothing is asked of EnergyCAP)."""
+    return ImportSnapshot.objects.filter(task_guid=guid.lower(), state=SnapshotState.READY).first()
+
+
+def ensure_snapshot(task: Task, answered: Answered | None = None) -> ImportSnapshot:
     """The stored kickouts of one ended import with kickouts, fetched now if not stored yet
-    (or taken from `answers`, made with `kickout_calls` beside the task's GET).
+    (or taken from `answered`, made with `kickout_calls` beside the task's GET).
 
     Raises the client's `EnergyCapError` when EnergyCAP could not be asked.
     """
     snapshot = ImportSnapshot.objects.filter(task_guid=task.guid).first()
     if snapshot is not None and snapshot.state == SnapshotState.READY:
         return snapshot
-    fetched = fetch_kickouts(energycap.client(), task.guid, answers)
+    fetched = fetch_kickouts(energycap.client(), task.guid, answered)
     if snapshot is None and fetched.exception is None and _queued(task):
-        stored = _store_new(task, fetched)
-        if stored is not None:
-            return stored
+        made = _store_new(task, fetched)
+        if made is not None:
+            return made
     register([task])
     if fetched.exception is not None:
         store(fetched)
@@ -389,3 +397,49 @@ def mark_reimported(task: Task, user) -> None:
             reason=HandledReason.REIMPORTED,
             note="Re-import submitted through the dashboard.",
         )
+
+
+# -- in the background (Django's Tasks framework) ---------------------------------------
+
+# The queue page asks for a fresh listing of its period at most this often (all processes).
+QUEUE_REFRESH_SECONDS = 300
+
+
+@task()
+def refresh_kickout_queue(days: int) -> str:
+    """List EnergyCAP's bill imports of the period and store the kickouts of each new one
+    that ended "Completed with kickouts" (at most `MAX_IN_FLIGHT` in flight).
+
+    Idempotent: an import already stored is never asked for again."""
+    try:
+        registered, stored = snapshot_period(days)
+    except EnergyCapError as exc:
+        # Let the next page view ask again soon, not in five minutes.
+        cache.delete(_refresh_key(days))
+        return f"not listed: {exc.message}"
+    return f"{registered} new import(s) with kickouts, {stored} snapshot(s) taken"
+
+
+@task()
+def take_kickout_snapshots(guids: list[str]) -> str:
+    """Store the kickouts of these imports (those not stored yet)."""
+    return f"{take_snapshots(guids)} snapshot(s) taken"
+
+
+def _refresh_key(days: int) -> str:
+    return f"kickout-queue-refresh:{days}"
+
+
+def request_queue_refresh(days: int) -> bool:
+    """Enqueue a listing of the period, unless one was asked for in the last few minutes."""
+    if not cache.add(_refresh_key(days), 1, timeout=QUEUE_REFRESH_SECONDS):
+        return False
+    transaction.on_commit(lambda: refresh_kickout_queue.enqueue(days))
+    return True
+
+
+def snapshot_in_background(guids: list[str]) -> None:
+    """New imports with kickouts were seen (the task list, a bulk review): a worker stores
+    them."""
+    if guids:
+        transaction.on_commit(lambda: take_kickout_snapshots.enqueue(list(guids)))

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import uuid
 
-from kickouts.models import Outcome, RetryAttempt
+from django.utils import timezone
+
+from kickouts.models import (
+    CompareState,
+    Comparison,
+    FollowState,
+    FollowUp,
+    Outcome,
+    RetryAttempt,
+)
 
 
 def make_retry(user, **fields) -> RetryAttempt:
@@ -19,3 +28,24 @@ def make_retry(user, **fields) -> RetryAttempt:
     }
     values.update(fields)
     return RetryAttempt.objects.create(**values)
+
+
+def follow(retry: RetryAttempt, **fields) -> FollowUp:
+    """The follow-up a worker would have made for `retry`: following, started at its answer,
+    due now; any field can be given instead (the reading too: status, finished, …)."""
+    now = timezone.now()
+    values = {
+        "task_guid": retry.new_task_guid,
+        "state": FollowState.FOLLOWING,
+        "started_at": retry.answered_at or now,
+        "due_at": now,
+    }
+    values.update(fields)
+    return FollowUp.objects.create(retry=retry, **values)
+
+
+def compared(retry: RetryAttempt, **fields) -> Comparison:
+    """A before and after stored for `retry`; any field can be given instead."""
+    values = {"state": CompareState.COMPARED}
+    values.update(fields)
+    return Comparison.objects.create(retry=retry, **values)

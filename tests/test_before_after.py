@@ -15,16 +15,15 @@ import pytest
 from django.core import mail
 from django.urls import reverse
 from django.utils import timezone
-from django_tasks_db.models import DBTaskResult
 
-from kickouts import compare
-from kickouts.models import CompareState, FollowState, ImportSnapshot, Outcome, RetryAttempt
+from kickouts import compare, follow_up, notify
+from kickouts.follow_up_models import FollowState, FollowUp
+from kickouts.models import CompareState, ImportSnapshot, Outcome, RetryAttempt
 from kickouts.queue_models import HandledReason
 from kickouts.sandbox.state import COMPLETED_TASK_GUID, FAILED_TASK_GUID, KICKOUT_TASK_GUID
-from kickouts.tasks import compare_kickouts, notify_requester, retry_ended_email
 
 from . import test_worker
-from .factories import make_retry
+from .factories import follow, make_retry
 from .retry_helpers import post_retry
 from .test_worker import body_of, sent_emails, wait_for
 
@@ -48,16 +47,40 @@ def stated_import(sandbox, rows: list[dict], **props) -> str:
     return sandbox.add_task(kickout_rows=rows, **props)["taskGUId"].lower()
 
 
-def ended_retry(user, source: str, new: str, status: str = "Completed with kickouts", **fields):
-    """A retry whose new task the follower saw end with `status`."""
-    values = {
-        "source_task_id": 47223,
-        "new_task_guid": new,
-        "new_task_status": status,
-        "new_task_finished": True,
-        "follow_state": FollowState.ENDED,
-    }
-    return make_retry(user, source_task_guid=source, **{**values, **fields})
+def ended_retry(
+    user, source: str, new: str, status: str = "Completed with kickouts", counts=None, **fields
+):
+    """A retry whose new task the follower saw end with `status` (and `counts`: bills
+    imported and analyzing)."""
+    values = {"source_task_id": 47223, "new_task_guid": new}
+    retry = make_retry(user, source_task_guid=source, **{**values, **fields})
+    success, analyzing = counts or (None, None)
+    follow(
+        retry,
+        state=FollowState.ENDED,
+        due_at=None,
+        status=status,
+        finished=True,
+        end_date=timezone.now(),
+        success_count=success,
+        analyzing_count=analyzing,
+    )
+    return retry
+
+
+def compare_now(attempt: RetryAttempt) -> str:
+    """Compare as the follow-up's report does, from the end its follow-up recorded."""
+    state = compare.compare_retry(attempt, FollowUp.objects.get(pk=attempt.pk))
+    attempt.__dict__.pop("compared", None)
+    return state
+
+
+def report_now(attempt: RetryAttempt) -> None:
+    """The worker's report of the end, now: compare, email, record."""
+    FollowUp.objects.filter(pk=attempt.pk).update(
+        state=FollowState.REPORTING, due_at=timezone.now()
+    )
+    follow_up.sweep()
 
 
 @pytest.fixture
@@ -87,22 +110,26 @@ def test_each_source_row_is_fixed_or_still_kicked_out_and_rows_only_in_the_new_t
     mixed,
 ):
     """A left, B and C stayed (row numbers changed), E appeared: 1 of 3 fixed, 2 still, 1 new."""
-    assert compare.compare_retry(mixed) == CompareState.COMPARED
-    mixed.refresh_from_db()
-    assert (mixed.before_count, mixed.fixed_count, mixed.still_count, mixed.new_count) == (
+    assert compare_now(mixed) == CompareState.COMPARED
+    assert (
+        mixed.compared.before_count,
+        mixed.compared.fixed_count,
+        mixed.compared.still_count,
+        mixed.compared.new_count,
+    ) == (
         3,
         1,
         2,
         1,
     )
-    changes = {(r["account"].strip().upper(), r["change"]) for r in mixed.compare_rows}
+    changes = {(r["account"].strip().upper(), r["change"]) for r in mixed.compared.rows}
     assert changes == {
         ("ACCT-A", "fixed"),
         ("ACCT-B", "still"),
         ("ACCT-C", "still"),
         ("ACCT-E", "new"),
     }
-    assert mixed.fixed_label == "1 of 3"
+    assert mixed.compared.fixed_label == "1 of 3"
 
 
 def test_a_row_that_differs_only_in_its_message_is_still_kicked_out_and_says_what_it_was(
@@ -112,14 +139,18 @@ def test_a_row_that_differs_only_in_its_message_is_still_kicked_out_and_says_wha
     source = stated_import(sandbox, [row("Account not found", "ACCT-1")])
     new = stated_import(sandbox, [row("Meter not found", "ACCT-1")])
     attempt = ended_retry(clerk, source, new)
-    compare.compare_retry(attempt)
-    [only] = attempt.compare_rows
+    compare_now(attempt)
+    [only] = attempt.compared.rows
     assert (only["change"], only["message"], only["was"]) == (
         "still",
         "Meter not found",
         "Account not found",
     )
-    assert (attempt.fixed_count, attempt.still_count, attempt.new_count) == (0, 1, 0)
+    assert (
+        attempt.compared.fixed_count,
+        attempt.compared.still_count,
+        attempt.compared.new_count,
+    ) == (0, 1, 0)
 
 
 def test_another_bill_period_of_the_same_meter_is_another_row(clerk, sandbox):
@@ -127,16 +158,20 @@ def test_another_bill_period_of_the_same_meter_is_another_row(clerk, sandbox):
     source = stated_import(sandbox, [row("Account not found", "ACCT-1", end="2026-10-31")])
     new = stated_import(sandbox, [row("Account not found", "ACCT-1", end="2026-10-30")])
     attempt = ended_retry(clerk, source, new)
-    compare.compare_retry(attempt)
-    assert (attempt.fixed_count, attempt.still_count, attempt.new_count) == (1, 0, 1)
+    compare_now(attempt)
+    assert (
+        attempt.compared.fixed_count,
+        attempt.compared.still_count,
+        attempt.compared.new_count,
+    ) == (1, 0, 1)
 
 
 def test_a_completed_new_task_fixed_every_row_without_asking_for_its_kickouts(clerk, sandbox):
     """ "Completed": all 12 source rows fixed; only the source's kickouts are fetched."""
     attempt = ended_retry(clerk, KICKOUT_TASK_GUID, COMPLETED_TASK_GUID, status="Completed")
-    compare.compare_retry(attempt)
-    assert attempt.fixed_label == "12 of 12"
-    assert (attempt.still_count, attempt.new_count) == (0, 0)
+    compare_now(attempt)
+    assert attempt.compared.fixed_label == "12 of 12"
+    assert (attempt.compared.still_count, attempt.compared.new_count) == (0, 0)
     asked = {e["path"] for e in sandbox.log("kickout_summary") + sandbox.log("kickout_detail")}
     assert asked and all(KICKOUT_TASK_GUID in path for path in asked)
 
@@ -144,15 +179,17 @@ def test_a_completed_new_task_fixed_every_row_without_asking_for_its_kickouts(cl
 def test_a_failed_new_task_says_so_and_compares_nothing(clerk, clerk_client, sandbox):
     """ "Failed": no kickouts fetched, no counts; the page, history and email say it failed."""
     attempt = ended_retry(clerk, KICKOUT_TASK_GUID, FAILED_TASK_GUID, status="Failed")
-    assert compare.compare_retry(attempt) == CompareState.NEW_TASK_FAILED
+    assert compare_now(attempt) == CompareState.NEW_TASK_FAILED
     assert sandbox.count("kickout_summary") == sandbox.count("kickout_detail") == 0
-    assert attempt.before_count is None and attempt.fixed_label == ""
+    assert attempt.compared.before_count is None and attempt.compared.fixed_label == ""
+    assert attempt.outcome == Outcome.SUBMITTED  # no counts: nothing proven
     page = clerk_client.get(attempt.get_absolute_url()).content.decode()
     assert "The new import failed, so nothing was compared" in page
     history = clerk_client.get(reverse("history")).content.decode()
     assert '<span class="muted">none: the import failed</span>' in history
-    _, body = retry_ended_email(attempt)
+    _, body = notify.retry_ended_email(attempt)
     assert "The new import failed, so nothing was compared" in body
+    assert "needs a supervisor" in body
 
 
 def test_a_failed_re_import_puts_the_source_import_back_in_the_queue(clerk, supervisor, sandbox):
@@ -162,7 +199,7 @@ def test_a_failed_re_import_puts_the_source_import_back_in_the_queue(clerk, supe
     attempt = ended_retry(clerk, KICKOUT_TASK_GUID, FAILED_TASK_GUID, status="Failed")
     source = snapshots.ensure_snapshot(snapshots.energycap.client().get_task(KICKOUT_TASK_GUID))
     source.mark_handled(user=clerk, reason=HandledReason.REIMPORTED, note="submitted")
-    compare.compare_retry(attempt)
+    compare_now(attempt)
     source.refresh_from_db()
     assert not source.is_handled
     change = source.handled_changes.order_by("-changed_at", "-pk").first()
@@ -172,22 +209,22 @@ def test_a_failed_re_import_puts_the_source_import_back_in_the_queue(clerk, supe
         clerk, KICKOUT_TASK_GUID, FAILED_TASK_GUID, status="Failed", duplicate_sequence=1
     )
     source.mark_handled(user=supervisor, reason=HandledReason.CORRECTED_FILE, note="new file")
-    compare.compare_retry(other)
+    compare_now(other)
     source.refresh_from_db()
     assert source.handled_reason == HandledReason.CORRECTED_FILE
 
 
 def test_comparing_twice_fetches_nothing_more(mixed, sandbox):
     """The snapshots are stored once: a second comparison costs EnergyCAP nothing."""
-    compare.compare_retry(mixed)
+    compare_now(mixed)
     before = len(sandbox.log())
-    compare.compare_retry(mixed)
+    compare_now(mixed)
     assert len(sandbox.log()) == before
 
 
 def test_the_queue_keeps_the_rows_still_kicked_out_under_the_new_task(mixed):
     """The new import's rows are in the queue (open); the source left it as re-imported."""
-    compare.compare_retry(mixed)
+    compare_now(mixed)
     new = ImportSnapshot.objects.get(task_guid=mixed.new_task_guid)
     assert not new.is_handled
     assert new.rows.count() == 3
@@ -198,7 +235,7 @@ def test_the_queue_keeps_the_rows_still_kicked_out_under_the_new_task(mixed):
 
 def test_the_retry_page_shows_the_counts_and_the_rows_grouped_by_message(mixed, clerk_client):
     """Counts first, then one group per message with each row's change (and former message)."""
-    compare.compare_retry(mixed)
+    compare_now(mixed)
     page = clerk_client.get(mixed.get_absolute_url())
     text = " ".join(page.content.decode().split())
     assert "<strong>1 of 3</strong> kicked-out rows fixed, <strong>2</strong> still" in text
@@ -214,9 +251,9 @@ def test_history_has_a_fixed_column_a_still_kicking_out_filter_and_the_counts_in
     mixed, clerk, supervisor_client
 ):
     """ "1 of 3" in the row; the filter keeps only retries that left rows; the CSV has counts."""
-    compare.compare_retry(mixed)
+    compare_now(mixed)
     all_fixed = ended_retry(clerk, KICKOUT_TASK_GUID, COMPLETED_TASK_GUID, status="Completed")
-    compare.compare_retry(all_fixed)
+    compare_now(all_fixed)
     never = make_retry(clerk, outcome=Outcome.REJECTED)
 
     page = supervisor_client.get(reverse("history"))
@@ -243,7 +280,8 @@ def test_the_email_tells_the_requester_what_was_fixed_and_what_is_still_kicked_o
     """The worker's email step compares first, so the email can say what the retry achieved."""
     clerk.email = "carla@example.com"
     clerk.save()
-    assert notify_requester.call(mixed.pk) == "Emailed to carla@example.com."
+    report_now(mixed)
+    assert FollowUp.objects.get(pk=mixed.pk).notification == "Emailed to carla@example.com."
     [message] = mail.outbox
     assert (
         "Before and after: 1 of 3 kicked-out rows fixed, 2 still kicked out, 1 new." in message.body
@@ -256,10 +294,10 @@ def test_each_step_of_the_retry_chain_shows_how_many_rows_were_left(
     mixed, clerk, clerk_client, sandbox
 ):
     """Retry of the source, then a retry of its new task: each step says its rows left."""
-    compare.compare_retry(mixed)
+    compare_now(mixed)
     final = stated_import(sandbox, [row("Account not found", "ACCT-E")])
     second = ended_retry(clerk, mixed.new_task_guid, final, parent=mixed)
-    compare.compare_retry(second)
+    compare_now(second)
     page = " ".join(clerk_client.get(second.get_absolute_url()).content.decode().split())
     assert f"retry #{mixed.pk}</a> by Carla Clerk (Submitted: 3 rows left of 3)" in page
     chain = " ".join(clerk_client.get(mixed.get_absolute_url()).content.decode().split())
@@ -279,18 +317,19 @@ def test_a_real_worker_follows_the_end_compares_and_emails_what_was_fixed(
         clerk_client, KICKOUT_TASK_GUID, action="send", batch_mode="new self-contained batch"
     )
     attempt = RetryAttempt.objects.get()
-    assert attempt.follow_state == FollowState.FOLLOWING
+    assert attempt.follow_up.state == FollowState.FOLLOWING
     worker = start_worker()
     wait_for(lambda: sent_emails(mail_dir), "the email", [worker])
-    attempt.refresh_from_db()
-    assert attempt.compare_state == CompareState.COMPARED
-    assert attempt.before_count == 12 and attempt.new_count == 0
-    assert 0 < attempt.still_count < 12 and attempt.fixed_count == 12 - attempt.still_count
+    comparison = RetryAttempt.objects.get().comparison
+    assert comparison.state == CompareState.COMPARED
+    assert comparison.before_count == 12 and comparison.new_count == 0
+    assert 0 < comparison.still_count < 12
+    assert comparison.fixed_count == 12 - comparison.still_count
     time.sleep(1)  # time for a second email, if one were coming
     [message] = sent_emails(mail_dir)
     assert (
-        f"Before and after: {attempt.fixed_count} of 12 kicked-out rows fixed, "
-        f"{attempt.still_count} still kicked out, 0 new." in body_of(message)
+        f"Before and after: {comparison.fixed_count} of 12 kicked-out rows fixed, "
+        f"{comparison.still_count} still kicked out, 0 new." in body_of(message)
     )
     # The queue follows: the new import's rows are open, the source is re-imported.
     assert not ImportSnapshot.objects.get(task_guid=attempt.new_task_guid).is_handled
@@ -298,17 +337,74 @@ def test_a_real_worker_follows_the_end_compares_and_emails_what_was_fixed(
 
 
 def test_a_comparison_energycap_did_not_answer_is_tried_again_minutes_later(mixed, clerk, sandbox):
-    """The email goes out saying so; a compare step queued five minutes on compares."""
+    """The email goes out saying so; the report comes due again five minutes on, compares,
+    and sends no second email."""
     clerk.email = "carla@example.com"
     clerk.save()
-    sandbox.fault("kickout_summary", {"status": 404})
-    notify_requester.call(mixed.pk)
-    mixed.refresh_from_db()
-    assert mixed.compare_state == CompareState.ERROR
+    sandbox.fault("kickout_summary", *[{"status": 503}] * 3)
+    report_now(mixed)
+    assert RetryAttempt.objects.get(pk=mixed.pk).comparison.state == CompareState.ERROR
     [message] = mail.outbox
     assert "The kickouts before and after could not be compared:" in message.body
-    [step] = DBTaskResult.objects.filter(task_path="kickouts.tasks.compare_kickouts")
-    assert step.run_after > timezone.now() + timedelta(minutes=4)
-    assert compare_kickouts.call(mixed.pk) == CompareState.COMPARED
-    mixed.refresh_from_db()
-    assert mixed.fixed_label == "1 of 3"
+    row = FollowUp.objects.get(pk=mixed.pk)
+    assert row.state == FollowState.REPORTING
+    assert row.due_at > timezone.now() + timedelta(minutes=4)
+    FollowUp.objects.filter(pk=mixed.pk).update(due_at=timezone.now())  # five minutes on
+    follow_up.sweep()
+    assert RetryAttempt.objects.get(pk=mixed.pk).comparison.fixed_label == "1 of 3"
+    assert FollowUp.objects.get(pk=mixed.pk).state == FollowState.ENDED
+    assert len(mail.outbox) == 1
+
+
+def test_a_failed_re_import_whose_counts_show_no_bill_frees_the_import_for_a_clerk(
+    clerk, clerk_client, sandbox
+):
+    """ "Failed" with 0 imported and 0 analyzing: nothing was imported, so the retry says so
+    everywhere and Carla may retry the import again, with no supervisor and no warning."""
+    clerk.email = "carla@example.com"
+    clerk.save()
+    attempt = ended_retry(
+        clerk, KICKOUT_TASK_GUID, FAILED_TASK_GUID, status="Failed", counts=(0, 0)
+    )
+    RetryAttempt.objects.filter(pk=attempt.pk).update(source_task_id=None)
+    report_now(attempt)
+    attempt.refresh_from_db()
+    assert attempt.outcome == Outcome.NONE_IMPORTED and attempt.imported_nothing
+    page = " ".join(clerk_client.get(attempt.get_absolute_url()).content.decode().split())
+    assert "EnergyCAP's counts show that no bill was imported:</strong> nothing was imported" in (
+        page.replace("&#x27;", "'")
+    )
+    assert "no supervisor needed" in page
+    [message] = mail.outbox
+    assert "nothing was imported, so you may retry" in message.body
+    tasks = clerk_client.get(reverse("task_list")).content.decode()
+    assert "Nothing imported" in tasks
+    history = clerk_client.get(reverse("history")).content.decode()
+    assert "Nothing imported" in history
+    again = post_retry(
+        clerk_client, KICKOUT_TASK_GUID, action="send", batch_mode="new self-contained batch"
+    )
+    assert again.status_code == 302
+    assert RetryAttempt.objects.filter(outcome=Outcome.SUBMITTED).count() == 1
+
+
+@pytest.mark.parametrize("counts", [(3, 0), (None, None)], ids=["bills-imported", "no-counts"])
+def test_a_failed_re_import_that_may_have_imported_keeps_the_supervisor_confirmation(
+    clerk, clerk_client, sandbox, counts
+):
+    """ "Failed", but bills were imported (or the counts are missing): not proven, so the
+    retry stays submitted, the page says why, and a clerk's retry needs a supervisor."""
+    attempt = ended_retry(
+        clerk, KICKOUT_TASK_GUID, FAILED_TASK_GUID, status="Failed", counts=counts
+    )
+    report_now(attempt)
+    attempt.refresh_from_db()
+    assert attempt.outcome == Outcome.SUBMITTED
+    page = " ".join(clerk_client.get(attempt.get_absolute_url()).content.decode().split())
+    why = "3 bills imported" if counts[0] else "gave no counts of the bills it imported"
+    assert why in page.replace("&#x27;", "'")
+    assert "needs a supervisor" in page
+    again = post_retry(
+        clerk_client, KICKOUT_TASK_GUID, action="send", batch_mode="new self-contained batch"
+    )
+    assert "Only a supervisor" in " ".join(again.context["form"].non_field_errors())

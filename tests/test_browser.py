@@ -12,6 +12,7 @@ from kickouts import snapshots
 from kickouts.models import ImportSnapshot, RetryAttempt
 from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID
 
+from . import test_worker
 from .browser_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -22,6 +23,10 @@ from .browser_helpers import (
 )
 from .conftest import signed_in_client
 from .retry_helpers import post_retry
+
+# The real worker of tests/test_worker.py, for the tests that follow a retry to its end.
+start_worker = test_worker.start_worker
+mail_dir = test_worker.mail_dir
 
 pytestmark = pytest.mark.browser
 
@@ -144,15 +149,18 @@ def test_a_clerk_retries_kickouts_end_to_end(page, watch, live_server, clerk, sa
     watch.assert_clean(page)
 
 
-def test_the_status_panel_follows_the_new_task_and_stops_polling_at_its_end(
-    page, watch, live_server, clerk, sandbox, settings, tmp_path
+def test_the_status_panel_follows_the_new_task_to_its_before_and_after_and_stops_polling(
+    page, watch, live_server, clerk, sandbox, settings, tmp_path, start_worker
 ):
-    """Processing, then Completed; after that neither the page nor EnergyCAP is asked again."""
+    """Processing, then the end: the worker follows and compares, the panel reads its record,
+    and the last swap brings the before and after and the end beside the headline, with no
+    reload; after that neither the page nor EnergyCAP is asked again."""
     settings.STATUS_POLL_SECONDS = 1
     settings.STATUS_POLL_CAP_SECONDS = 30
-    sandbox.configure(task_seconds=3, next_outcomes=["Completed"])
+    sandbox.configure(task_seconds=3, next_outcomes=["Completed with kickouts"])
     polls: list[str] = []
     page.on("request", lambda r: polls.append(r.url) if "/status/" in r.url else None)
+    worker = start_worker()
     sign_in(page, live_server.url, clerk)
     _task_page(page)
     pk = _review_and_send(page, "new self-contained batch")
@@ -160,10 +168,13 @@ def test_the_status_panel_follows_the_new_task_and_stops_polling_at_its_end(
 
     badge = page.locator("#status-panel .badge")
     expect(badge).to_have_text("Processing")
-    expect(badge).to_have_text("Completed", timeout=8_000)
+    expect(page.get_by_role("heading", name="Before and after")).to_be_visible(timeout=15_000)
+    expect(badge).to_have_text("Completed with kickouts")
+    expect(page.locator("h1 #end-badge")).to_contain_text("new import: Completed with kickouts")
+    expect(page.locator(".compare-counts")).to_contain_text("kicked-out rows fixed")
     assert polls, "the panel never polled"
     assert all(f"/retries/{pk}/status/" in url for url in polls)
-    page.screenshot(path=tmp_path / "retry-completed.png", full_page=True)
+    page.screenshot(path=tmp_path / "retry-compared.png", full_page=True)
 
     def upstream_reads() -> int:
         return sum(new_guid in entry["path"] for entry in sandbox.log("task_get"))
@@ -174,7 +185,8 @@ def test_the_status_panel_follows_the_new_task_and_stops_polling_at_its_end(
     assert upstream_reads() == reads_at_end, "EnergyCAP was asked again after the task ended"
     assert page.locator("#status-panel[hx-get]").count() == 0
     announcer = page.locator("#status-announcer").inner_text()
-    assert announcer == "The new import task ended: Completed."
+    assert announcer == "The new import ended: Completed with kickouts."
+    assert worker.process.poll() is None
     watch.assert_clean(page)
 
 

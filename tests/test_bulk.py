@@ -485,8 +485,8 @@ def test_a_bulk_is_a_record_in_the_history_the_retry_pages_and_the_supervisors_l
     assert {r.pk for r in history.context["page"].retries} == set(
         RetryAttempt.objects.filter(bulk=bulk).values_list("pk", flat=True)
     )
-    listed = supervisor_client.get(reverse("bulk_list")).context["bulks"]
-    row = next(b for b in listed if b.pk == bulk.pk)
+    listed = supervisor_client.get(reverse("bulk_list")).context["rows"]
+    row = next(summary for listed_bulk, summary in listed if listed_bulk.pk == bulk.pk)
     assert (row.total, row.sent, row.skipped, row.not_sent) == (2, 1, 1, 0)
     assert clerk_client.get(reverse("bulk_list")).status_code == 403
     oscar = signed_in_client(other_clerk)

@@ -1,6 +1,7 @@
 """The follow-up as pages and people see it: the panel reads the record, the email, Your settings.
 
-The worker itself runs in tests/test_worker.py; here its record is written as it would write it.
+The worker itself runs in tests/test_worker.py; here its sweep runs in the test's own process
+(`follow_up.sweep()`), or its record is written as it would write it.
 """
 
 from __future__ import annotations
@@ -16,31 +17,35 @@ from django.urls import reverse
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from kickouts.models import FollowState, Outcome, UserSettings
+from kickouts import follow_up
+from kickouts.follow_up_models import FollowState, FollowUp
+from kickouts.models import Outcome, RetryAttempt, UserSettings
 from kickouts.sandbox.state import COMPLETED_TASK_GUID, RUNNING_TASK_GUID
-from kickouts.tasks import follow_delay, notify_requester, start_following
 
-from .factories import make_retry
+from .factories import follow, make_retry
 
 
-def followed_retry(user, new_task_guid=RUNNING_TASK_GUID, **fields):
+def followed_retry(user, new_task_guid=RUNNING_TASK_GUID, *, retry_fields=None, **fields):
     """A retry a worker follows, last checked a moment ago and due again in a second."""
     now = timezone.now()
+    retry = make_retry(
+        user,
+        source_task_id=47223,
+        new_task_guid=new_task_guid,
+        answered_at=now - timedelta(seconds=30),
+        **(retry_fields or {}),
+    )
     values = {
-        "source_task_id": 47223,
-        "new_task_guid": new_task_guid,
-        "answered_at": now - timedelta(seconds=30),
-        "new_task_status": "Processing",
-        "new_task_begin_date": now - timedelta(seconds=30),
-        "new_task_checked_at": now,
-        "follow_state": FollowState.FOLLOWING,
-        "follow_checked_at": now,
-        "follow_succeeded_at": now,
-        "follow_next_at": now + timedelta(seconds=1),
-        "follow_lease_until": now + timedelta(seconds=60),
+        "status": "Processing",
+        "begin_date": now - timedelta(seconds=30),
+        "read_at": now,
+        "checked_at": now,
+        "succeeded_at": now,
+        "due_at": now + timedelta(seconds=1),
     }
     values.update(fields)
-    return make_retry(user, **values)
+    follow(retry, **values)
+    return retry
 
 
 def panel(client, attempt):
@@ -49,8 +54,8 @@ def panel(client, attempt):
     )
 
 
-def queued(task_name: str):
-    return DBTaskResult.objects.filter(task_path=f"kickouts.tasks.{task_name}", status="READY")
+def queued_sweeps():
+    return DBTaskResult.objects.filter(task_path="kickouts.follow_up.follow_due", status="READY")
 
 
 def test_viewers_of_a_followed_retry_cost_energycap_nothing(
@@ -69,94 +74,139 @@ def test_viewers_of_a_followed_retry_cost_energycap_nothing(
 
 
 def test_a_followed_retry_that_ended_stops_the_panel_without_asking(clerk, clerk_client, sandbox):
-    """The worker recorded the end: the panel says so, stops polling, and asks nobody."""
+    """The worker recorded the end and reported it: the panel says so, stops polling, asks
+    nobody, and its last swap brings the new import's end to the headline."""
     now = timezone.now()
     attempt = followed_retry(
         clerk,
-        follow_state=FollowState.ENDED,
-        new_task_status="Completed with kickouts",
-        new_task_finished=True,
-        new_task_end_date=now,
-        new_task_success_count=12,
-        new_task_batch_code="RETRY-7",
-        new_task_batch_id=7,
+        state=FollowState.ENDED,
+        due_at=None,
+        status="Completed with kickouts",
+        finished=True,
+        end_date=now,
+        success_count=12,
+        batch_code="RETRY-7",
+        batch_id=7,
     )
     response = panel(clerk_client, attempt)
     body = response.content.decode()
     assert response.status_code == 286
-    assert "The new import task ended: Completed with kickouts." in body
+    assert "The new import ended: Completed with kickouts." in body
+    assert 'id="end-badge" hx-swap-oob="true"' in body
     assert "RETRY-7 (#7)" in body
     assert sandbox.log("task_get") == []
 
 
-def test_a_late_follower_falls_back_to_shared_polling_and_warns_a_supervisor(
-    clerk, clerk_client, supervisor_client, sandbox
-):
-    """No follow-up for three intervals: the panel asks EnergyCAP itself, a supervisor is
-    told the worker seems down (a clerk is not), and a rescue step is queued once."""
-    long_ago = timezone.now() - timedelta(minutes=5)
+def test_an_ended_import_is_polled_on_until_its_kickouts_are_compared(clerk, clerk_client, sandbox):
+    """Ended but not reported yet: the panel keeps polling (the before and after is coming)."""
     attempt = followed_retry(
         clerk,
-        follow_checked_at=long_ago,
-        follow_next_at=long_ago,
-        follow_lease_until=long_ago,
+        state=FollowState.REPORTING,
+        status="Completed",
+        finished=True,
+        end_date=timezone.now(),
     )
+    response = panel(clerk_client, attempt)
+    assert response.status_code == 200
+    assert "Comparing the kickouts before and after" in response.content.decode()
+
+
+def test_a_late_sweep_falls_back_to_shared_polling_warns_a_supervisor_and_is_started_again(
+    clerk, clerk_client, supervisor_client, sandbox
+):
+    """A follow-up three intervals past due: the panel asks EnergyCAP itself, a supervisor is
+    told the worker seems down (a clerk is not), and one sweep is queued, however many look."""
+    long_ago = timezone.now() - timedelta(minutes=5)
+    attempt = followed_retry(clerk, checked_at=long_ago, due_at=long_ago)
     supervisor_body = panel(supervisor_client, attempt).content.decode()
     clerk_body = panel(clerk_client, attempt).content.decode()
     assert "The background worker seems to be down" in supervisor_body
     assert "The background worker seems to be down" not in clerk_body
     assert "Processing" in clerk_body
     assert len(sandbox.log("task_get")) == 1  # shared polling: one per interval
-    assert queued("follow_retry").count() == 1
+    assert queued_sweeps().count() == 1
 
 
 def test_an_outcome_unknown_retry_is_not_followed(clerk, sandbox):
-    """No task GUID, nothing to follow: no step is queued and the record stays unfollowed."""
+    """No task GUID, nothing to follow: no follow-up, no sweep."""
     attempt = make_retry(clerk, outcome=Outcome.UNKNOWN, new_task_guid="")
-    assert start_following(attempt.pk) is False
-    attempt.refresh_from_db()
-    assert attempt.follow_state == FollowState.NOT_FOLLOWED
-    assert not queued("follow_retry").exists()
+    assert follow_up.start(attempt) is None
+    assert not FollowUp.objects.exists()
+    assert not queued_sweeps().exists()
 
 
 def test_a_submitted_retry_is_followed_once_however_often_it_is_started(clerk, sandbox):
-    """start_following twice: one first step, named on the record."""
+    """start twice: one follow-up, due now, and one sweep queued for it."""
     attempt = make_retry(clerk, new_task_guid=RUNNING_TASK_GUID)
-    assert start_following(attempt.pk) is True
-    assert start_following(attempt.pk) is False
-    attempt.refresh_from_db()
-    [step] = queued("follow_retry")
-    assert attempt.follow_state == FollowState.FOLLOWING
-    assert attempt.follower_task_id == str(step.id)
+    first = follow_up.start(attempt)
+    again = follow_up.start(attempt)
+    assert first.pk == again.pk == attempt.pk
+    assert FollowUp.objects.get().state == FollowState.FOLLOWING
+    assert queued_sweeps().count() == 1
+
+
+def test_a_due_follow_up_is_claimed_by_one_sweep_only(clerk, sandbox):
+    """Two sweeps claim at the same moment: the UPDATE from the due time read is one claim."""
+    attempt = followed_retry(clerk, due_at=timezone.now() - timedelta(seconds=1))
+    now = timezone.now()
+    read_by_both = FollowUp.objects.get(pk=attempt.pk)
+    first = follow_up.claim_due(now)
+    # The second read the row before the first moved it: its UPDATE changes nothing.
+    second = FollowUp.objects.filter(pk=read_by_both.pk, due_at=read_by_both.due_at).update(
+        due_at=now
+    )
+    assert [c.follow.pk for c in first] == [attempt.pk]
+    assert second == 0
+
+
+def test_a_sweep_asks_records_and_schedules_the_next_ask(clerk, sandbox, settings):
+    """One sweep: one GET of the new task, the reading stored, the next ask an interval on."""
+    settings.STATUS_POLL_SECONDS = 3
+    attempt = followed_retry(clerk, due_at=timezone.now(), read_at=None, status="")
+    follow_up.sweep()
+    row = FollowUp.objects.get(pk=attempt.pk)
+    assert len(sandbox.log("task_get")) == 1
+    assert row.status and row.read_at is not None
+    assert row.state == FollowState.FOLLOWING
+    assert 2 <= (row.due_at - row.checked_at).total_seconds() <= 4
+    assert RetryAttempt.objects.get(pk=attempt.pk).new_task_id is not None  # its number
 
 
 def test_the_requester_is_emailed_once_with_the_status_counts_batch_and_link(
     clerk, settings, sandbox
 ):
-    """Two notification steps for one retry (two workers racing): one email."""
+    """The end's report runs once: a second sweep finds nothing due, and one email went out."""
     settings.DASHBOARD_URL = "https://kickouts.example.com"
     clerk.email = "carla@example.com"
     clerk.save()
     attempt = followed_retry(
         clerk,
-        follow_state=FollowState.ENDED,
-        new_task_status="Completed with kickouts",
-        new_task_finished=True,
-        new_task_success_count=40,
-        new_task_analyzing_count=0,
-        new_task_flag_count=2,
-        new_task_batch_code="RETRY-7",
-        new_task_batch_id=7,
+        state=FollowState.REPORTING,
+        due_at=timezone.now(),
+        status="Completed with kickouts",
+        finished=True,
+        end_date=timezone.now(),
+        success_count=40,
+        analyzing_count=0,
+        flag_count=2,
+        batch_code="RETRY-7",
+        batch_id=7,
     )
-    assert notify_requester.call(attempt.pk) == "Emailed to carla@example.com."
-    assert notify_requester.call(attempt.pk) == "already notified"
+    RetryAttempt.objects.filter(pk=attempt.pk).update(new_task_id=47301)
+    follow_up.sweep()
+    follow_up.sweep()
     [message] = mail.outbox
-    assert message.subject == "Retry of Bill Import 47223: Completed with kickouts"
+    assert message.subject == "Retry of Import 47223: Completed with kickouts"
     assert message.to == ["carla@example.com"]
+    assert "New import: Import 47301" in message.body
     assert "Status: Completed with kickouts" in message.body
     assert "Bills imported · analyzing · unresolved flags: 40 · 0 · 2" in message.body
     assert "Batch: RETRY-7 (#7)" in message.body
     assert f"https://kickouts.example.com/retries/{attempt.pk}/" in message.body
+    row = FollowUp.objects.get(pk=attempt.pk)
+    assert row.state == FollowState.ENDED
+    assert row.notification == "Emailed to carla@example.com."
+    assert row.notified_at is not None
 
 
 def test_a_clerk_without_an_email_address_gets_none_and_the_retry_page_says_so(
@@ -166,8 +216,13 @@ def test_a_clerk_without_an_email_address_gets_none_and_the_retry_page_says_so(
     attempt = followed_retry(clerk)
     page = clerk_client.get(reverse("retry_detail", args=[attempt.pk])).content.decode()
     assert "You have no email address here, so no email will tell you when it ends." in page
-    assert notify_requester.call(attempt.pk) == "Not emailed: the requester has no email address."
+    FollowUp.objects.filter(pk=attempt.pk).update(
+        state=FollowState.REPORTING, due_at=timezone.now(), finished=True, status="Completed"
+    )
+    follow_up.sweep()
     assert mail.outbox == []
+    row = FollowUp.objects.get(pk=attempt.pk)
+    assert row.notification == "Not emailed: the requester has no email address."
 
 
 def test_a_clerk_turns_the_emails_off_on_your_settings(clerk, clerk_client, sandbox):
@@ -186,30 +241,34 @@ def test_a_clerk_turns_the_emails_off_on_your_settings(clerk, clerk_client, sand
     attempt = followed_retry(clerk)
     page = clerk_client.get(reverse("retry_detail", args=[attempt.pk])).content.decode()
     assert "Email turned off in Your settings." in page
-    assert (
-        notify_requester.call(attempt.pk) == "Not emailed: the requester turned these emails off."
+    FollowUp.objects.filter(pk=attempt.pk).update(
+        state=FollowState.REPORTING, due_at=timezone.now(), finished=True, status="Completed"
     )
+    follow_up.sweep()
     assert mail.outbox == []
+    row = FollowUp.objects.get(pk=attempt.pk)
+    assert row.notification == "Not emailed: the requester turned these emails off."
 
 
-def test_refresh_retries_records_the_end_the_way_the_follower_does(clerk, sandbox):
-    """The manual command sees the end of a followed retry: ended, and one email queued."""
+def test_refresh_retries_records_the_end_the_way_the_sweep_does(clerk, sandbox):
+    """The manual command sees the end of a followed retry: its report is due, once."""
     attempt = followed_retry(clerk, new_task_guid=COMPLETED_TASK_GUID)
     call_command("refresh_retries", stdout=io.StringIO())
-    attempt.refresh_from_db()
-    assert attempt.follow_state == FollowState.ENDED
-    assert attempt.new_task_finished
-    assert queued("notify_requester").count() == 1
+    row = FollowUp.objects.get(pk=attempt.pk)
+    assert row.state == FollowState.REPORTING
+    assert row.finished
+    assert queued_sweeps().count() == 1
     call_command("refresh_retries", stdout=io.StringIO())
-    assert queued("notify_requester").count() == 1
+    assert FollowUp.objects.get(pk=attempt.pk).state == FollowState.REPORTING
+    assert queued_sweeps().count() == 1
 
 
 def test_the_follower_asks_less_often_as_a_retry_ages_and_after_failures(settings):
     """Every interval while young, 30 s until an hour, 5 minutes after; failures double it."""
     settings.STATUS_POLL_SECONDS = 3
-    assert follow_delay(timedelta(minutes=2), failures=0) == 3
-    assert follow_delay(timedelta(minutes=30), failures=0) == 30
-    assert follow_delay(timedelta(hours=5), failures=0) == 300
-    assert follow_delay(timedelta(minutes=2), failures=1) == 6
-    assert follow_delay(timedelta(minutes=2), failures=3) == 24
-    assert follow_delay(timedelta(hours=5), failures=4) == 900  # at most 15 minutes
+    assert follow_up.follow_delay(timedelta(minutes=2), failures=0) == 3
+    assert follow_up.follow_delay(timedelta(minutes=30), failures=0) == 30
+    assert follow_up.follow_delay(timedelta(hours=5), failures=0) == 300
+    assert follow_up.follow_delay(timedelta(minutes=2), failures=1) == 6
+    assert follow_up.follow_delay(timedelta(minutes=2), failures=3) == 24
+    assert follow_up.follow_delay(timedelta(hours=5), failures=4) == 900  # at most 15 minutes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import uuid
 from datetime import timedelta
 
 from django.db import connection
@@ -11,9 +12,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from kickouts.tasks import follow_retry
+from kickouts.follow_up import follow_due
 
-from .factories import make_retry
+from .factories import follow, make_retry
 
 
 def closed_port() -> int:
@@ -106,7 +107,7 @@ def test_ready_is_unavailable_when_a_task_waited_longer_than_worker_stale_second
 ):
     """A task left waiting past WORKER_STALE_SECONDS means no worker runs: 503 for the monitor."""
     settings.WORKER_STALE_SECONDS = 120
-    result = follow_retry.enqueue(12345)
+    result = follow_due.enqueue()
     DBTaskResult.objects.filter(id=result.id).update(
         enqueued_at=timezone.now() - timedelta(seconds=300)
     )
@@ -121,8 +122,8 @@ def test_ready_counts_a_deferred_task_as_waiting_only_from_its_run_after(client,
     """A step due later is not waiting; one due 10 s ago has waited 10 s (and that is fine)."""
     settings.WORKER_STALE_SECONDS = 120
     now = timezone.now()
-    follow_retry.using(run_after=now + timedelta(minutes=10)).enqueue(1)
-    follow_retry.using(run_after=now - timedelta(seconds=10)).enqueue(2)
+    follow_due.using(run_after=now + timedelta(minutes=10)).enqueue()
+    follow_due.using(run_after=now - timedelta(seconds=10)).enqueue()
     response = client.get(reverse("health_ready"))
     assert response.status_code == 200
     assert 9 <= response.json()["worker"]["oldest_waiting_seconds"] < 20
@@ -130,11 +131,14 @@ def test_ready_counts_a_deferred_task_as_waiting_only_from_its_run_after(client,
 
 def test_an_idle_worker_with_an_empty_queue_is_healthy(client, clerk):
     """Finished tasks and an old last follow-up do not make the worker look dead."""
-    result = follow_retry.enqueue(1)
+    result = follow_due.enqueue()
     DBTaskResult.objects.filter(id=result.id).update(
         status="SUCCESSFUL", enqueued_at=timezone.now() - timedelta(hours=2)
     )
-    make_retry(clerk, follow_checked_at=timezone.now() - timedelta(hours=1))
+    follow(
+        make_retry(clerk, new_task_guid=str(uuid.uuid4())),
+        checked_at=timezone.now() - timedelta(hours=1),
+    )
     response = client.get(reverse("health_ready"))
     assert response.status_code == 200
     worker = response.json()["worker"]

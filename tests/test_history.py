@@ -19,7 +19,7 @@ from django.utils import timezone
 from kickouts.history_filters import FILTERS, USERS_CACHE_KEY, search_condition
 from kickouts.models import Outcome, RetryAttempt
 
-from .factories import make_retry
+from .factories import follow, make_retry
 
 HISTORY = reverse("history")
 HISTORY_CSV = reverse("history_csv")
@@ -29,8 +29,18 @@ def guid() -> str:
     return str(uuid.uuid4())
 
 
+# What a follow-up records of the new task, given here as the history's columns name it.
+READING = {
+    "new_task_status": "status",
+    "new_task_finished": "finished",
+    "new_task_end_date": "end_date",
+}
+
+
 def retry(user, **fields) -> RetryAttempt:
-    """A retry record as the retry form leaves it; each has its own source task."""
+    """A retry record as the retry form leaves it; each has its own source task. The new
+    task's reading, if given, is its follow-up's."""
+    reading = {READING[name]: fields.pop(name) for name in list(fields) if name in READING}
     values = {
         "requested_by": user,
         "form_token": uuid.uuid4(),
@@ -40,7 +50,10 @@ def retry(user, **fields) -> RetryAttempt:
         "outcome": Outcome.REJECTED,
     }
     values.update(fields)
-    return RetryAttempt.objects.create(**values)
+    made = RetryAttempt.objects.create(**values)
+    if reading or (made.outcome == Outcome.SUBMITTED and made.new_task_guid):
+        follow(made, due_at=None, **reading)
+    return made
 
 
 def many_retries(user, count: int, *, newest: datetime | None = None) -> list[RetryAttempt]:

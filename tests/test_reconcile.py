@@ -9,17 +9,23 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
-from kickouts import energycap
+from kickouts import energycap, follow_up
+from kickouts.follow_up_models import FollowState, FollowUp
 from kickouts.models import (
     CompareState,
-    FollowState,
+    Comparison,
     Outcome,
     Reconciled,
     ReconcileDecision,
     RetryAttempt,
 )
 from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID
-from kickouts.tasks import notify_requester
+
+from . import test_worker
+
+# The real worker's fixtures (tests/test_worker.py), for the test that runs one.
+start_worker = test_worker.start_worker
+mail_dir = test_worker.mail_dir
 
 TASK = API_USER_KICKOUT_TASK_GUID
 SELF_CONTAINED = "new self-contained batch"
@@ -125,18 +131,18 @@ def test_a_supervisor_links_the_import_which_is_then_followed_and_compared(
         Reconciled.LINKED,
     )
     assert lost.reconciled_by == supervisor and lost.reconciled_note == "Task list checked"
-    assert lost.follow_state == FollowState.FOLLOWING
+    assert lost.follow_up.state == FollowState.FOLLOWING
     [decision] = ReconcileDecision.objects.all()
     assert (decision.decision, decision.task_guid) == (Reconciled.LINKED, guid)
 
-    # The follower's own code sees the end; the email step compares.
+    # The sweep's own code sees the end; its report compares.
     sandbox.update_task(guid, status="Completed")
     call_command("refresh_retries", stdout=open("/dev/null", "w"))  # noqa: SIM115
-    lost.refresh_from_db()
-    assert lost.follow_state == FollowState.ENDED
-    notify_requester.call(lost.pk)
-    lost.refresh_from_db()
-    assert lost.compare_state == CompareState.COMPARED and lost.fixed_label == "3 of 3"
+    assert FollowUp.objects.get(pk=lost.pk).state == FollowState.REPORTING
+    follow_up.sweep()
+    assert FollowUp.objects.get(pk=lost.pk).state == FollowState.ENDED
+    comparison = Comparison.objects.get(pk=lost.pk)
+    assert comparison.state == CompareState.COMPARED and comparison.fixed_label == "3 of 3"
 
     page = text(supervisor_client.get(lost.get_absolute_url()))
     assert "Linked to an EnergyCAP task</strong> by Sam Supervisor" in page
@@ -168,14 +174,23 @@ def test_nothing_imported_frees_the_task_for_a_retry_without_the_duplicate_confi
 def test_a_supervisor_reverses_a_decision_and_both_stay_in_its_history(
     lost, supervisor_client, clerk_client, sandbox, django_capture_on_commit_callbacks
 ):
-    """Linked, then reversed: unknown again, no longer followed; two decisions listed."""
+    """Linked, followed to its end and compared, then reversed: unknown again, and no trace of
+    the link's follow-up or its before and after is left; both decisions are listed."""
     guid = created_task()
     with django_capture_on_commit_callbacks(execute=True):
         decide(supervisor_client, lost, "link", task_guid=guid)
+    sandbox.update_task(guid, status="Completed")
+    call_command("refresh_retries", stdout=open("/dev/null", "w"))  # noqa: SIM115
+    follow_up.sweep()
+    assert Comparison.objects.filter(pk=lost.pk).exists()
     decide(supervisor_client, lost, "reverse", note="Wrong task")
     lost.refresh_from_db()
     assert (lost.outcome, lost.reconciled, lost.new_task_guid) == (Outcome.UNKNOWN, "", "")
-    assert lost.follow_state == FollowState.NOT_FOLLOWED
+    assert lost.new_task_id is None
+    assert not FollowUp.objects.filter(pk=lost.pk).exists()
+    assert not Comparison.objects.filter(pk=lost.pk).exists()
+    page = text(supervisor_client.get(lost.get_absolute_url()))
+    assert "Before and after" not in page and "New import</h2>" not in page
     assert list(ReconcileDecision.objects.values_list("decision", flat=True)) == [
         "",
         Reconciled.LINKED,
@@ -197,3 +212,48 @@ def test_a_reversal_is_refused_once_a_new_retry_took_the_freed_place(
     assert refused_unknown.outcome == Outcome.NONE_IMPORTED
     followed = supervisor_client.get(response["Location"])
     assert "cannot be reversed" in text(followed)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_linked_25_hours_after_its_post_is_followed_compared_and_emailed(
+    clerk, supervisor_client, sandbox, start_worker, mail_dir
+):
+    """A Friday-evening retry settled on Monday: its follow-up's age counts from the link, so
+    a real worker follows it, compares its end and emails Carla."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from .factories import make_retry
+    from .test_worker import sent_emails, wait_for
+
+    clerk.email = "carla@example.com"
+    clerk.save()
+    friday = timezone.now() - timedelta(hours=25)
+    lost = make_retry(
+        clerk,
+        source_task_guid=TASK,
+        outcome=Outcome.UNKNOWN,
+        requested_at=friday,
+        sent_at=friday,
+        answered_at=friday,
+    )
+    # The re-import EnergyCAP did start on Friday, by the key's user, and still running.
+    guid = sandbox.add_task(begin_date=friday.isoformat(), end_date=None, task_note="Friday")[
+        "taskGUId"
+    ].lower()
+    decide(supervisor_client, lost, "link", task_guid=guid, note="Found it on Monday")
+    assert RetryAttempt.objects.get(pk=lost.pk).reconciled == Reconciled.LINKED
+    worker = start_worker()
+    wait_for(
+        lambda: FollowUp.objects.filter(pk=lost.pk, succeeded_at__isnull=False).exists(),
+        "a follow-up of the linked task",
+        [worker],
+    )
+    assert FollowUp.objects.get(pk=lost.pk).state == FollowState.FOLLOWING  # not "too old"
+    sandbox.update_task(guid, status="Completed")
+    wait_for(lambda: sent_emails(mail_dir), "the email", [worker])
+    assert Comparison.objects.get(pk=lost.pk).fixed_label == "3 of 3"
+    [message] = sent_emails(mail_dir)
+    assert message["To"] == "carla@example.com"
+    assert FollowUp.objects.get(pk=lost.pk).state == FollowState.ENDED

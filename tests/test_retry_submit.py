@@ -297,23 +297,52 @@ def test_a_confirmation_naming_an_older_retry_is_refused(supervisor_client, sand
     assert sandbox.count("kickout_post") == 1
 
 
-def test_a_stale_submitting_row_turns_unknown_and_frees_the_task(clerk, clerk_client, sandbox):
-    """A process that died mid-call leaves 'submitting'; later it is 'outcome unknown'."""
+def test_a_stale_submission_whose_post_had_begun_turns_unknown_and_needs_a_supervisor(
+    clerk, clerk_client, sandbox
+):
+    """A process that died during the POST leaves "submitting"; once its lease has passed it
+    is "outcome unknown" (EnergyCAP may have imported), and a clerk is stopped."""
     from datetime import timedelta
 
     from django.utils import timezone
 
+    an_hour_ago = timezone.now() - timedelta(hours=1)
     make_retry(
+        clerk,
+        source_task_guid=TASK,
+        outcome=Outcome.SUBMITTING,
+        requested_at=an_hour_ago,
+        sent_at=an_hour_ago,
+    )
+    response = post_retry(clerk_client, TASK, action="send", batch_mode="new self-contained batch")
+    assert "Only a supervisor" in " ".join(response.context["form"].non_field_errors())
+    stale = RetryAttempt.objects.get()
+    assert stale.outcome == Outcome.UNKNOWN
+    assert "never re-sent" in stale.upstream_message
+    assert sandbox.count("kickout_post") == 0
+
+
+def test_a_stale_submission_that_never_sent_is_not_sent_and_frees_the_task(
+    clerk, clerk_client, sandbox
+):
+    """A process that died before its POST began leaves "submitting" without a send time: its
+    own record proves nothing reached EnergyCAP, so it is "not sent" and the clerk may retry."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    stale = make_retry(
         clerk,
         source_task_guid=TASK,
         outcome=Outcome.SUBMITTING,
         requested_at=timezone.now() - timedelta(hours=1),
     )
-    response = post_retry(clerk_client, TASK, action="send", batch_mode="new self-contained batch")
-    # The dead one may have imported, so the clerk is told and stopped.
-    assert "Only a supervisor" in " ".join(response.context["form"].non_field_errors())
-    RetryAttempt.objects.expire_stale_submissions(timedelta(minutes=5))
-    assert RetryAttempt.objects.get().outcome == Outcome.UNKNOWN
+    post_retry(clerk_client, TASK, action="send", batch_mode="new self-contained batch")
+    stale.refresh_from_db()
+    assert stale.outcome == Outcome.NOT_SENT
+    assert "nothing to EnergyCAP" in stale.upstream_message or "Not sent" in stale.upstream_message
+    assert RetryAttempt.objects.exclude(pk=stale.pk).get().outcome == Outcome.SUBMITTED
+    assert sandbox.count("kickout_post") == 1
 
 
 @pytest.mark.postgres

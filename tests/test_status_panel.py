@@ -5,13 +5,17 @@ from __future__ import annotations
 import io
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
+from kickouts import follow_up
+from kickouts.follow_up_models import FollowUp
 from kickouts.models import RetryAttempt
 from kickouts.roles import ensure_roles
 from kickouts.sandbox.state import (
@@ -21,12 +25,20 @@ from kickouts.sandbox.state import (
     RUNNING_TASK_GUID,
 )
 
-from .factories import make_retry
+from .factories import follow, make_retry
 from .retry_helpers import post_retry
 
 
 def _retry_of(user, new_task_guid: str, source: str = API_USER_KICKOUT_TASK_GUID, **extra):
-    return make_retry(user, source_task_guid=source, new_task_guid=new_task_guid, **extra)
+    """A submitted retry whose follow-up is long overdue (no worker runs): its panel asks
+    EnergyCAP itself, through the shared polling."""
+    attempt = make_retry(user, source_task_guid=source, new_task_guid=new_task_guid, **extra)
+    follow(attempt, due_at=timezone.now() - timedelta(minutes=5))
+    return attempt
+
+
+def _reading(attempt) -> FollowUp:
+    return FollowUp.objects.get(pk=attempt.pk)
 
 
 def _panel(client, attempt, **params):
@@ -39,6 +51,9 @@ def _submit_and_finish(client, sandbox, outcome: str, source=API_USER_KICKOUT_TA
     response = post_retry(client, source, action="send", batch_mode="new self-contained batch")
     assert response.status_code == 302
     time.sleep(0.5)
+    # The worker's sweep, in this process: it sees the end, then reports it.
+    follow_up.sweep()
+    follow_up.sweep()
     return RetryAttempt.objects.latest("id")
 
 
@@ -61,11 +76,11 @@ def test_an_ended_task_stops_polling_by_itself(clerk_client, sandbox, outcome):
     body = response.content.decode()
     assert response.status_code == 286
     assert "hx-trigger" not in body.split("Check again")[0]
-    assert f"The new import task ended: {outcome}." in body
+    assert f"The new import ended: {outcome}." in body
     assert 'id="status-announcer" hx-swap-oob="innerHTML"' in body
-    attempt.refresh_from_db()
-    assert attempt.new_task_status == outcome and attempt.new_task_finished
-    assert attempt.new_task_end_date is not None and attempt.new_task_checked_at is not None
+    reading = _reading(attempt)
+    assert reading.status == outcome and reading.finished
+    assert reading.end_date is not None and reading.read_at is not None
 
 
 def test_an_unknown_final_status_is_shown_verbatim_and_ends_polling(clerk_client, sandbox):
@@ -129,10 +144,10 @@ def test_each_refresh_stores_what_it_saw(clerk, clerk_client):
     """The record keeps the last status seen, with the time it was seen."""
     attempt = _retry_of(clerk, RUNNING_TASK_GUID)
     _panel(clerk_client, attempt)
-    attempt.refresh_from_db()
-    assert attempt.new_task_status == "Processing"
-    assert attempt.new_task_finished is False
-    assert attempt.new_task_checked_at is not None
+    reading = _reading(attempt)
+    assert reading.status == "Processing"
+    assert reading.finished is False
+    assert reading.read_at is not None
 
 
 def test_a_clerk_cannot_watch_another_clerks_retry(other_clerk, clerk_client):
@@ -184,11 +199,10 @@ def test_refresh_retries_brings_unfinished_retries_up_to_date(clerk):
     running = _retry_of(clerk, RUNNING_TASK_GUID, source=COMPLETED_TASK_GUID)
     out = io.StringIO()
     call_command("refresh_retries", stdout=out)
-    for attempt in (done, failed, running):
-        attempt.refresh_from_db()
-    assert done.new_task_status == "Completed" and done.new_task_finished
-    assert failed.new_task_status == "Failed" and failed.new_task_finished
-    assert running.new_task_status == "Processing" and not running.new_task_finished
+    done, failed, running = (_reading(a) for a in (done, failed, running))
+    assert done.status == "Completed" and done.finished
+    assert failed.status == "Failed" and failed.finished
+    assert running.status == "Processing" and not running.finished
     assert "Checked 3 unfinished retries: 3 updated (2 now finished)" in out.getvalue()
     out = io.StringIO()
     call_command("refresh_retries", stdout=out)

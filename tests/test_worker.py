@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,9 +22,10 @@ from django.db import connection
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from kickouts.models import FollowState, Outcome, RetryAttempt
+from kickouts import follow_up
+from kickouts.follow_up_models import FollowState, FollowUp
+from kickouts.models import Outcome, RetryAttempt
 from kickouts.sandbox.state import KICKOUT_TASK_GUID
-from kickouts.tasks import follow_retry, notify_requester, start_following
 
 from .factories import make_retry
 from .retry_helpers import post_retry
@@ -50,6 +51,7 @@ class Worker:
     """One `manage.py db_worker` process; its output kept in a file for failures."""
 
     def __init__(self, env: dict[str, str], worker_id: str):
+        self.worker_id = worker_id
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
             mode="w+", prefix="db-worker-", suffix=".log", delete=False
         )
@@ -125,8 +127,8 @@ def start_worker(sandbox_process, mail_dir):
     }
     started: list[Worker] = []
 
-    def start(worker_id: str = "worker-1") -> Worker:
-        worker = Worker(env, worker_id)
+    def start(worker_id: str = "worker-1", **extra_env: str) -> Worker:
+        worker = Worker({**env, **extra_env}, worker_id)
         started.append(worker)
         return worker
 
@@ -160,17 +162,40 @@ def wait_for(condition, what: str, workers=(), timeout: float = TIMEOUT):
     raise AssertionError(f"timed out waiting for {what}\n{logs}")
 
 
-def follow_steps(retry_id: int):
-    return DBTaskResult.objects.filter(
-        task_path="kickouts.tasks.follow_retry", args_kwargs__args=[retry_id]
+def follow_of(attempt: RetryAttempt) -> FollowUp | None:
+    return FollowUp.objects.filter(pk=attempt.pk).first()
+
+
+def sweeps_run():
+    """The sweeps the workers ran (or are running), oldest first."""
+    return DBTaskResult.objects.filter(task_path="kickouts.follow_up.follow_due").exclude(
+        status="READY"
     )
 
 
-def running_retry(user, sandbox, **fields) -> RetryAttempt:
-    """A submitted retry whose new task runs in the sandbox until the test ends it."""
+def gets_of(sandbox, guid: str) -> list[dict]:
+    return [e for e in sandbox.log("task_get") if e["path"].lower().endswith(guid)]
+
+
+def running_retry(user, sandbox, *, started=None, **fields) -> RetryAttempt:
+    """A submitted retry whose new task runs in the sandbox until the test ends it, followed
+    from `started` (now)."""
     new_task = sandbox.add_task(end_date=None, batch_id=None)
-    values = {"source_task_id": 47223, "answered_at": timezone.now(), **fields}
-    return make_retry(user, new_task_guid=new_task["taskGUId"].lower(), **values)
+    values = {"source_task_id": 47223, "answered_at": started or timezone.now(), **fields}
+    attempt = make_retry(user, new_task_guid=new_task["taskGUId"].lower(), **values)
+    follow_up.start(attempt, now=started)
+    return attempt
+
+
+# Short time budgets for the worker, so a claim a killed worker left runs out within seconds:
+# one GET try with a 1 s read timeout, a 1 s email timeout (kickouts/follow_up.py's leases).
+QUICK = {
+    "ENERGYCAP_READ_TIMEOUT": "1",
+    "ENERGYCAP_CONNECT_TIMEOUT": "0.5",
+    "ENERGYCAP_GET_ATTEMPTS": "1",
+    "ENERGYCAP_MAX_RETRY_AFTER": "0",
+    "EMAIL_TIMEOUT": "1",
+}
 
 
 def test_a_retry_is_followed_to_its_end_with_no_page_open_and_the_clerk_emailed_once(
@@ -186,74 +211,66 @@ def test_a_retry_is_followed_to_its_end_with_no_page_open_and_the_clerk_emailed_
     )
     attempt = RetryAttempt.objects.get()
     assert attempt.outcome == Outcome.SUBMITTED
-    assert attempt.follow_state == FollowState.FOLLOWING
+    assert follow_of(attempt).state == FollowState.FOLLOWING
     worker = start_worker()
 
-    attempt = wait_for(
-        lambda: RetryAttempt.objects.filter(follow_state=FollowState.ENDED).first(),
-        "the retry to end",
+    follow = wait_for(
+        lambda: FollowUp.objects.filter(pk=attempt.pk, state=FollowState.ENDED).first(),
+        "the retry to end and be reported",
         [worker],
     )
-    assert attempt.new_task_finished
-    assert attempt.new_task_status == "Completed"
-    assert attempt.new_task_end_date is not None
-    assert attempt.follow_succeeded_at is not None
-    assert attempt.follow_checked_at == attempt.follow_succeeded_at
+    assert follow.finished
+    assert follow.status == "Completed"
+    assert follow.end_date is not None
+    assert follow.succeeded_at is not None
+    assert follow.checked_at == follow.succeeded_at
     wait_for(lambda: sent_emails(mail_dir), "the email", [worker])
     time.sleep(1.5)  # time for a second email, if one were coming
     [message] = sent_emails(mail_dir)
     assert message["To"] == "carla@example.com"
-    assert message["Subject"] == f"Retry of Bill Import {attempt.source_task_id}: Completed"
+    attempt.refresh_from_db()
+    assert message["Subject"] == f"Retry of {attempt.source_label}: Completed"
     body = body_of(message)
     assert "Status: Completed" in body
+    assert f"New import: Import {attempt.new_task_id}" in body
     assert f"{DASHBOARD_URL}/retries/{attempt.pk}/" in body
-    attempt.refresh_from_db()
-    assert attempt.notification == "Emailed to carla@example.com."
-    # Nobody watched: every status request came from the worker, about one per second.
-    gets = [e for e in sandbox.log("task_get") if e["path"].endswith(attempt.new_task_guid)]
-    elapsed = (attempt.follow_checked_at - attempt.answered_at).total_seconds()
+    assert follow.notification == "Emailed to carla@example.com."
+    # Nobody watched: every status request came from the worker, about one per second, and
+    # the ended task was asked about once at its end (the comparison reads that reading).
+    gets = gets_of(sandbox, attempt.new_task_guid)
+    elapsed = (follow.checked_at - follow.started_at).total_seconds()
     assert 1 <= len(gets) <= elapsed + 2
-    assert not follow_steps(attempt.pk).filter(status="FAILED").exists()
+    assert not sweeps_run().filter(status="FAILED").exists()
 
 
-def test_a_worker_killed_mid_follow_and_restarted_follows_again_within_two_intervals(
+def test_a_worker_killed_while_asking_is_followed_again_within_two_intervals_of_a_restart(
     clerk, sandbox, start_worker, mail_dir
 ):
-    """kill -9 while a step waits for EnergyCAP: the restarted worker picks the chain up."""
+    """kill -9 while a sweep waits for EnergyCAP: a restarted worker asks again within two
+    polling intervals, and the killed sweep's queue row is not needed for it."""
     clerk.email = "carla@example.com"
     clerk.save()
     attempt = running_retry(clerk, sandbox)
-    start_following(attempt.pk)
     worker = start_worker("worker-1")
-    wait_for(
-        lambda: RetryAttempt.objects.get(pk=attempt.pk).follow_checked_at,
-        "a first follow-up",
-        [worker],
-    )
+    wait_for(lambda: follow_of(attempt).succeeded_at, "a first follow-up", [worker])
     # The next ask hangs for 3 s: kill the worker while it waits.
     sandbox.fault("task_get", latency=3)
+    asked = len(gets_of(sandbox, attempt.new_task_guid))
     wait_for(
-        lambda: (
-            follow_steps(attempt.pk).filter(status="RUNNING").exists()
-            and RetryAttempt.objects.get(pk=attempt.pk).follow_busy_until
-        ),
-        "a step asking EnergyCAP",
+        lambda: len(gets_of(sandbox, attempt.new_task_guid)) > asked,
+        "a sweep asking EnergyCAP",
         [worker],
     )
     time.sleep(0.3)
     worker.kill()
     sandbox.clear_faults()
     killed_at = timezone.now()
-    assert follow_steps(attempt.pk).filter(status="RUNNING").count() == 1  # died with it
+    assert sweeps_run().filter(status="RUNNING").count() == 1  # died with it
 
-    restarted = start_worker("worker-1")
+    restarted = start_worker("worker-2")  # another worker: no id of the dead one is needed
     started = restarted.wait_until_started()
     wait_for(
-        lambda: (
-            RetryAttempt.objects.filter(pk=attempt.pk, follow_checked_at__gt=killed_at)
-            .exclude(follow_succeeded_at=None)
-            .exists()
-        ),
+        lambda: FollowUp.objects.filter(pk=attempt.pk, succeeded_at__gt=killed_at).exists(),
         "a follow-up after the restart",
         [restarted],
     )
@@ -261,13 +278,57 @@ def test_a_worker_killed_mid_follow_and_restarted_follows_again_within_two_inter
 
     sandbox.update_task(attempt.new_task_guid, status="Completed with kickouts")
     wait_for(
-        lambda: RetryAttempt.objects.filter(pk=attempt.pk, follow_state="ended").exists(),
+        lambda: FollowUp.objects.filter(pk=attempt.pk, state="ended").exists(),
         "the end",
         [restarted],
     )
     wait_for(lambda: sent_emails(mail_dir), "the email", [restarted])
+    time.sleep(1)
     [message] = sent_emails(mail_dir)
-    assert message["Subject"] == "Retry of Bill Import 47223: Completed with kickouts"
+    assert message["Subject"] == "Retry of Import 47223: Completed with kickouts"
+
+
+def test_a_worker_killed_before_the_email_went_out_leaves_it_to_another_which_sends_it_once(
+    clerk, sandbox, start_worker, mail_dir
+):
+    """kill -9 while a report compares the kickouts (its email not sent): once the report's
+    claim runs out, another worker reports again and the email goes out once."""
+    clerk.email = "carla@example.com"
+    clerk.save()
+    source = sandbox.add_task(kickout_messages=["Account not found"])["taskGUId"].lower()
+    attempt = running_retry(clerk, sandbox, source_task_guid=source)
+    worker = start_worker("worker-1", **QUICK)
+    wait_for(lambda: follow_of(attempt).succeeded_at, "a first follow-up", [worker])
+    # The comparison asks for the source's kickouts: they hang, and the worker is killed.
+    sandbox.fault("kickout_summary", latency=5)
+    sandbox.update_task(attempt.new_task_guid, status="Completed")
+    wait_for(
+        lambda: (
+            FollowUp.objects.filter(pk=attempt.pk, state=FollowState.REPORTING)
+            .exclude(due_at__lte=timezone.now())
+            .exists()
+            and sandbox.log("kickout_summary")
+        ),
+        "a report claimed and comparing",
+        [worker],
+    )
+    worker.kill()
+    sandbox.clear_faults()
+    assert sent_emails(mail_dir) == []
+    assert follow_of(attempt).notified_at is None
+
+    restarted = start_worker("worker-2", **QUICK)
+    follow = wait_for(
+        lambda: FollowUp.objects.filter(pk=attempt.pk, state=FollowState.ENDED).first(),
+        "the report, again",
+        [restarted],
+        timeout=60,
+    )
+    time.sleep(1)
+    [message] = sent_emails(mail_dir)
+    assert message["To"] == "carla@example.com"
+    assert follow.notification == "Emailed to carla@example.com."
+    assert attempt.comparison.state == "compared"
 
 
 def test_energycap_down_while_following_backs_off_without_failing_and_records_its_last_success(
@@ -275,98 +336,81 @@ def test_energycap_down_while_following_backs_off_without_failing_and_records_it
 ):
     """503s while following: the worker waits longer each time, never fails, and recovers."""
     attempt = running_retry(clerk, sandbox)
-    start_following(attempt.pk)
     worker = start_worker()
-    first = wait_for(
-        lambda: RetryAttempt.objects.get(pk=attempt.pk).follow_succeeded_at,
-        "a first answer",
-        [worker],
-    )
+    first = wait_for(lambda: follow_of(attempt).succeeded_at, "a first answer", [worker])
     # Three asks' worth of 503s (each ask tries three times).
     sandbox.fault("task_get", *[{"status": 503}] * 9)
     down = wait_for(
-        lambda: RetryAttempt.objects.filter(pk=attempt.pk, follow_failures__gte=2).first(),
+        lambda: FollowUp.objects.filter(pk=attempt.pk, failures__gte=2).first(),
         "two failed asks",
         [worker],
     )
-    assert down.follow_state == FollowState.FOLLOWING
-    assert down.follow_succeeded_at == first
-    assert down.follow_checked_at > first
-    assert down.follow_error.startswith("EnergyCAP reported an error (HTTP 503).")
+    assert down.state == FollowState.FOLLOWING
+    assert down.succeeded_at == first
+    assert down.checked_at > first
+    assert down.error.startswith("EnergyCAP reported an error (HTTP 503).")
     # Backing off: after two failures the next ask waits 4 intervals, not 1.
-    assert (down.follow_next_at - down.follow_checked_at).total_seconds() >= 3.5
+    assert (down.due_at - down.checked_at).total_seconds() >= 3.5
 
     sandbox.update_task(attempt.new_task_guid, status="Completed")
     ended = wait_for(
-        lambda: RetryAttempt.objects.filter(pk=attempt.pk, follow_state="ended").first(),
+        lambda: FollowUp.objects.filter(pk=attempt.pk, state="ended").first(),
         "the end after EnergyCAP came back",
         [worker],
     )
-    assert ended.follow_failures == 0
-    assert ended.follow_error == ""
-    assert ended.follow_succeeded_at > first
-    assert not follow_steps(attempt.pk).filter(status="FAILED").exists()
+    assert ended.failures == 0
+    assert ended.error == ""
+    assert ended.succeeded_at > first
+    assert not sweeps_run().filter(status="FAILED").exists()
 
 
-def test_two_workers_on_postgresql_never_follow_one_retry_twice(
+def test_two_workers_on_postgresql_never_ask_about_one_follow_up_at_once(
     clerk, sandbox, start_worker, mail_dir
 ):
-    """Two workers and four stray steps for one retry: one chain asks, one email goes out."""
+    """Two workers and four stray sweeps: the asks about one task never overlap, both
+    workers sweep, and one email goes out."""
     if connection.vendor != "postgresql":
         pytest.skip("runs in make test's PostgreSQL pass")
     clerk.email = "carla@example.com"
     clerk.save()
     attempt = running_retry(clerk, sandbox)
-    start_following(attempt.pk)
     for _ in range(4):
-        follow_retry.enqueue(attempt.pk)  # e.g. rescues from panels and refresh_retries
+        follow_up.follow_due.enqueue()  # strays: they find another sweep named, and end
+    sandbox.fault("task_get", latency=0.3)
     workers = [start_worker("worker-1"), start_worker("worker-2")]
-    wait_for(
-        lambda: sum(str(s.return_value).startswith("asked") for s in follow_steps(attempt.pk)) >= 4,
-        "four follow-ups",
-        workers,
-    )
+    wait_for(lambda: len(gets_of(sandbox, attempt.new_task_guid)) >= 6, "six asks", workers)
     sandbox.update_task(attempt.new_task_guid, status="Completed")
     wait_for(
-        lambda: RetryAttempt.objects.filter(pk=attempt.pk, follow_state="ended").exists(),
+        lambda: FollowUp.objects.filter(pk=attempt.pk, state="ended").exists(),
         "the end",
         workers,
     )
-    notify_requester.enqueue(attempt.pk)  # a stray second notification loses the race
     wait_for(lambda: sent_emails(mail_dir), "the email", workers)
     time.sleep(2)
 
-    steps = list(follow_steps(attempt.pk).exclude(status="READY"))
-    asked = sorted(
-        (s for s in steps if str(s.return_value).startswith("asked")), key=lambda s: s.started_at
-    )
-    assert len(asked) >= 3, "\n".join(
-        f"{s.status} {s.return_value} {s.worker_ids} {s.enqueued_at:%S.%f} {s.run_after:%S.%f} "
-        f"{s.started_at:%S.%f} {s.finished_at:%S.%f}"
-        for s in sorted(steps, key=lambda s: s.started_at)
-    )
-    assert {w for s in steps for w in s.worker_ids} == {"worker-1", "worker-2"}
-    # One follower: no two asks overlap in time, whichever worker ran them.
-    for earlier, later in zip(asked, asked[1:], strict=False):
-        assert earlier.finished_at <= later.started_at
-    assert sum(s.return_value == "followed by another step" for s in steps) >= 4
-    gets = [e for e in sandbox.log("task_get") if e["path"].endswith(attempt.new_task_guid)]
-    assert len(gets) == len(asked)
+    gets = gets_of(sandbox, attempt.new_task_guid)
+    times = [datetime.fromisoformat(e["time"]) for e in gets]
+    # One ask at a time: each began after the one before had its (0.3 s late) answer.
+    for earlier, later in zip(times, times[1:], strict=False):
+        assert (later - earlier).total_seconds() >= 0.3
+    ran = sweeps_run()
+    assert {w for s in ran for w in s.worker_ids} == {"worker-1", "worker-2"}
+    assert sum(s.return_value == "another sweep is scheduled" for s in ran) >= 4
     assert len(sent_emails(mail_dir)) == 1
 
 
 def test_a_retry_followed_longer_than_the_maximum_stops_and_says_so(
     clerk, clerk_client, sandbox, start_worker
 ):
-    """After FOLLOW_UP_MAX_SECONDS the follower stops; the record and the page say why."""
-    attempt = running_retry(clerk, sandbox, answered_at=timezone.now() - timedelta(hours=25))
-    start_following(attempt.pk)
+    """After FOLLOW_UP_MAX_SECONDS from the start of its follow-up, the sweep stops asking;
+    the record and the page say why."""
+    attempt = running_retry(clerk, sandbox, started=timezone.now() - timedelta(hours=25))
     worker = start_worker()
     stopped = wait_for(
-        lambda: RetryAttempt.objects.filter(pk=attempt.pk, follow_state="stopped").first(),
-        "the follower to stop",
+        lambda: FollowUp.objects.filter(pk=attempt.pk, state="stopped").first(),
+        "the follow-up to stop",
         [worker],
     )
-    assert stopped.follow_stopped_reason.startswith("Stopped following after 24 hours")
+    assert stopped.stopped_reason.startswith("Stopped following after 24 hours")
     page = clerk_client.get(f"/retries/{attempt.pk}/")
     assert "Stopped following after 24 hours" in page.content.decode()

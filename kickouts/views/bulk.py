@@ -13,12 +13,11 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from .. import bulk as bulk_logic
-from .. import energycap
+from .. import bulk_summary
 from ..bulk_models import BulkRetry
 from ..decorators import login_required, permission_required
 from ..energycap import EnergyCapError
-from ..retries import load_batch_choices
-from .tasks import HtmxHttpRequest
+from .common import HtmxHttpRequest
 
 
 def _fingerprint(guids: list[str], body: dict) -> str:
@@ -47,14 +46,12 @@ def bulk_form(request: HtmxHttpRequest) -> HttpResponse:
         ).first()
         if earlier is not None:  # the same form sent again: show what the first one did
             return redirect(earlier)
-    candidates = bulk_logic.review_imports(request.user, guids, request.POST)
-    sendable = [c for c in candidates if c.sendable]
+    review = bulk_logic.load_review(request.user, guids, request.POST)
+    candidates, sendable, choices = review.candidates, review.sendable, review.choices
     context["candidates"] = candidates
     context["sendable"] = sendable
-    try:
-        choices = load_batch_choices(energycap.client())
-    except EnergyCapError as exc:
-        context["error"] = exc
+    if isinstance(choices, EnergyCapError):
+        context["error"] = choices
         return render(request, "kickouts/bulk_review.html", context)
     data = request.POST if action in ("review", "send") else None
     initial = None if data is not None else {}
@@ -98,12 +95,16 @@ def bulk_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     bulk = _visible_bulk(request, pk)
     context = {
         "bulk": bulk,
-        "progress": bulk_logic.progress(bulk),
-        "lines": bulk.lines.select_related("retry").order_by("position"),
+        "summary": bulk_summary.summarize(bulk),
+        "resendable": bulk_logic.resendable(bulk),
+        "lines": bulk.lines.select_related("retry__follow_up", "retry__comparison").order_by(
+            "position"
+        ),
         "poll_delay": f"{settings.STATUS_POLL_SECONDS:g}s",
     }
     if request.htmx and request.GET.get("panel") == "progress":
-        status = 200 if bulk.is_running else 286
+        # Polled until it sends no more and every new import it started has ended.
+        status = 200 if bulk.is_running or context["summary"].running else 286
         return render(request, "kickouts/bulk_detail.html#progress", context, status=status)
     return render(request, "kickouts/bulk_detail.html", context)
 
@@ -122,5 +123,6 @@ def bulk_cancel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @permission_required("kickouts.view_all_retries")
 def bulk_list(request: HtmxHttpRequest) -> HttpResponse:
     """Every bulk retry with its outcome counts (supervisors)."""
-    bulks = bulk_logic.with_counts(BulkRetry.objects.all())[:200]
-    return render(request, "kickouts/bulk_list.html", {"bulks": bulks})
+    bulks = bulk_summary.with_counts(BulkRetry.objects.select_related("requested_by"))[:200]
+    rows = [(bulk, bulk_summary.annotated_summary(bulk)) for bulk in bulks]
+    return render(request, "kickouts/bulk_list.html", {"rows": rows})

@@ -14,7 +14,7 @@ from django_tasks_db.models import DBTaskResult, get_date_max
 
 from .. import energycap
 from ..energycap import EnergyCapError
-from ..models import RetryAttempt
+from ..follow_up_models import FollowUp
 
 
 @require_GET
@@ -37,7 +37,7 @@ def worker_state() -> dict:
         ready.filter(run_after__lte=now).aggregate(at=Min("run_after"))["at"],
     ]
     oldest = [at for at in oldest if at is not None]
-    last_follow_up = RetryAttempt.objects.order_by().aggregate(at=Max("follow_checked_at"))["at"]
+    last_follow_up = FollowUp.objects.order_by().aggregate(at=Max("checked_at"))["at"]
     return {
         "oldest_waiting_seconds": round((now - min(oldest)).total_seconds(), 1) if oldest else None,
         "last_follow_up_seconds": round((now - last_follow_up).total_seconds(), 1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, timedelta
 
-from django import forms
 from django.contrib import messages
 from django.core.cache import cache
 from django.core.paginator import Paginator
@@ -23,13 +22,13 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
-from .. import spreadsheet
-from .. import tasks as background
+from .. import snapshots, spreadsheet
 from ..causes import advice_for
 from ..decorators import login_required, permission_required
+from ..handled import HandledForm
 from ..queue_models import HandledReason, ImportSnapshot, KickoutRow, SnapshotState
 from ..snapshots import csv_cells
-from .tasks import PERIODS, HtmxHttpRequest
+from .common import PERIODS, HtmxHttpRequest
 
 GROUP_ROWS_PER_PAGE = 25
 GROUP_IMPORTS_PER_PAGE = 25
@@ -48,15 +47,6 @@ QUEUE_CACHE_SECONDS = 3600
 CSV_CHUNK_ROWS = 2000
 CSV_CHUNK_IMPORTS = 50
 IMPORT_NUMBER_COLUMN = "Import"
-
-
-class HandledForm(forms.Form):
-    reason = forms.ChoiceField(
-        choices=[("", "Choose a reason"), *HandledReason.choices], label="Reason"
-    )
-    note = forms.CharField(
-        required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}), label="Note"
-    )
 
 
 class CountedPaginator(Paginator):
@@ -182,7 +172,7 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
 def _request_refresh(chosen: QueueFilter) -> bool:
     """Ask the worker to list the period's imports again (at most once per few minutes):
     every import of the period is queued, whether or not anyone opened the task list."""
-    return background.request_queue_refresh(chosen.days)
+    return snapshots.request_queue_refresh(chosen.days)
 
 
 @require_GET
@@ -302,21 +292,6 @@ def reopen(request: HtmxHttpRequest, guid: str) -> HttpResponse:
         snapshot.reopen(user=request.user, note=request.POST.get("note", "")[:2000])
         messages.success(request, f"Import {snapshot.task_id or snapshot.task_guid} is open again.")
     return redirect(_back(request, snapshot))
-
-
-def handled_context(request, guid: str) -> dict:
-    """The task page's handled panel: state, the form or reopen, and the history."""
-    snapshot = (
-        ImportSnapshot.objects.filter(task_guid=guid.lower()).select_related("handled_by").first()
-    )
-    if snapshot is None:
-        return {}
-    return {
-        "snapshot": snapshot,
-        "handled_form": HandledForm(),
-        "can_mark": request.user.has_perm("kickouts.mark_handled"),
-        "handled_changes": snapshot.handled_changes.select_related("changed_by")[:20],
-    }
 
 
 # -- downloads --

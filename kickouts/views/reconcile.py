@@ -12,21 +12,25 @@ from .. import compare, reconcile
 from ..decorators import login_required, permission_required
 from ..energycap import EnergyCapError
 from ..models import CompareState, Outcome, RetryAttempt
-from .retries import _visible_attempt
-from .tasks import HtmxHttpRequest
+from .common import HtmxHttpRequest, visible_attempt
 
 NOTE_MAX = 2000
 
 
+def comparison_context(attempt: RetryAttempt) -> dict:
+    """The before and after: the comparison and its rows by message."""
+    comparison = attempt.compared
+    compared = comparison is not None and comparison.state == CompareState.COMPARED
+    return {
+        "comparison": comparison,
+        "compare_groups": compare.by_message(comparison.rows) if compared else [],
+    }
+
+
 def retry_page_context(attempt: RetryAttempt) -> dict:
-    """What the retry page adds: the compared rows by message, and the candidates of an
-    "outcome unknown" retry (with EnergyCAP's error when it could not be asked)."""
+    """What the retry page adds: the candidates of an "outcome unknown" retry (with
+    EnergyCAP's error when it could not be asked) and the decisions made."""
     context: dict = {
-        "compare_groups": (
-            compare.by_message(attempt.compare_rows)
-            if attempt.compare_state == CompareState.COMPARED
-            else []
-        ),
         "decisions": list(attempt.reconcile_decisions.select_related("decided_by")),
     }
     if attempt.outcome == Outcome.UNKNOWN:
@@ -44,7 +48,7 @@ def retry_page_context(attempt: RetryAttempt) -> dict:
 @permission_required("kickouts.reconcile_retry")
 def decide(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Link a candidate, record "nothing was imported", or reverse the decision."""
-    attempt = _visible_attempt(request, pk)
+    attempt = visible_attempt(request, pk)
     action = request.POST.get("action", "")
     note = request.POST.get("note", "").strip()[:NOTE_MAX]
     try:

@@ -3,41 +3,33 @@ page and its status panel."""
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from dataclasses import dataclass
-from functools import partial
 
 from django.conf import settings
-from django.http import Http404, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
-from .. import energycap, lineage, snapshots
+from .. import energycap, follow_up, lineage, pages
+from ..choices import api_user, unavailable_batch_choices
 from ..decorators import login_required, permission_required
-from ..energycap import Answers, EnergyCapError, NotFound
+from ..energycap import EnergyCapError, NotFound
+from ..follow_up_models import FollowState
 from ..forms import SMART_LOOKUP_FAILED, BatchChoices, RetryForm
-from ..models import DuplicateToken, FollowState, RetryAttempt, RetryInFlight
+from ..models import DuplicateToken, RetryAttempt, RetryInFlight, UserSettings
 from ..payloads import Task
-from ..retries import (
-    api_user,
-    batch_choice_calls,
-    build_retry_form,
-    load_batch_choices,
-    submit_kickout_retry,
-    unavailable_batch_choices,
-)
-from ..status import panel_reading
-from ..tasks import email_note
-from .tasks import HtmxHttpRequest, ascii_number, kickout_context, retry_context
+from ..retries import build_retry_form, submit_kickout_retry
+from . import reconcile
+from .common import HtmxHttpRequest, ascii_number, visible_attempt
+from .tasks import chosen_message, kickout_context, retry_context
 
 MAX_CONSECUTIVE_FAILURES = 3
 # Seconds since 1970 in ASCII digits: float() also reads "nan", "1e999" and "١٢".
 TIMESTAMP_RE = re.compile(r"[0-9]{1,11}(?:\.[0-9]{1,9})?")
-access_logger = logging.getLogger("kickouts.access")
 
 
 @dataclass
@@ -47,7 +39,7 @@ class OpenRetry:
     task: Task
     choices: BatchChoices
     context: dict
-    answers: Answers
+    data: pages.TaskPageData
 
     def form(self, request, data=None, initial=None) -> RetryForm:
         return build_retry_form(
@@ -75,35 +67,33 @@ def _open_retry(request, guid: str, *, with_kickouts: bool) -> OpenRetry | HttpR
 
     For the send step this GET of the task is the re-check right before sending.
     """
-    api = energycap.client()
-    answers = api.at_once(
-        task=partial(api.get_task, guid),
-        **(snapshots.kickout_calls(api, guid) if with_kickouts else {}),
-        **batch_choice_calls(api),
-    )
     try:
-        task = answers["task"].get()
+        data = pages.load_task_page(
+            guid,
+            with_kickouts=with_kickouts,
+            with_choices=True,
+            message=chosen_message(request),
+        )
     except NotFound:
         return render(request, "kickouts/task_missing.html", {"guid": guid}, status=404)
     except EnergyCapError as exc:
         return _render_panel(request, None, {"guid": guid, "retry_error": exc})
+    task = data.task
     context = {"guid": guid, "task": task}
     if not task.can_retry_kickouts:
         # Also the answer to a forged POST: nothing is sent.
-        context.update(retry_context(request, task))
+        context.update(retry_context(request, task, data.choices))
         status = 200 if request.htmx else 409
-        return _render_panel(request, task, context, status=status, answers=answers)
-    try:
-        choices = load_batch_choices(api, answers)
-    except EnergyCapError as exc:
+        return _render_panel(request, data, context, status=status)
+    if isinstance(data.choices, EnergyCapError):
         # Keep what the clerk entered, beside the message, to send once EnergyCAP answers.
-        context["retry_error"] = exc
+        context["retry_error"] = data.choices
         if request.method == "POST":
-            context["form"] = OpenRetry(task, unavailable_batch_choices(), context, answers).form(
+            context["form"] = OpenRetry(task, unavailable_batch_choices(), context, data).form(
                 request, initial=request.POST.dict()
             )
-        return _render_panel(request, task, context, answers=answers)
-    return OpenRetry(task, choices, context, answers)
+        return _render_panel(request, data, context)
+    return OpenRetry(task, data.choices, context, data)
 
 
 def choose(request, retry: OpenRetry) -> HttpResponse:
@@ -112,13 +102,13 @@ def choose(request, retry: OpenRetry) -> HttpResponse:
     context = {**retry.context, "form": retry.form(request, initial=source.dict())}
     if request.htmx:
         return render(request, "kickouts/_retry_form.html#mode-fields", context)
-    return _render_panel(request, retry.task, context, answers=retry.answers)
+    return _render_panel(request, retry.data, context)
 
 
 def edit(request, retry: OpenRetry) -> HttpResponse:
     """Back from the review: the reviewed values, bound, so they stay exact."""
     context = {**retry.context, "form": retry.form(request, request.POST)}
-    return _render_panel(request, retry.task, context, answers=retry.answers)
+    return _render_panel(request, retry.data, context)
 
 
 def review(request, retry: OpenRetry) -> HttpResponse:
@@ -128,8 +118,8 @@ def review(request, retry: OpenRetry) -> HttpResponse:
     if form.is_valid():
         context.update(payload=form.payload(), confirming=True)
         if request.htmx:  # the whole page (below) shows the kickouts anyway
-            context.update(kickout_context(request, retry.task, retry.answers))
-    return _render_panel(request, retry.task, context, answers=retry.answers)
+            context.update(kickout_context(request, retry.data))
+    return _render_panel(request, retry.data, context)
 
 
 def send(request, retry: OpenRetry) -> HttpResponse:
@@ -142,7 +132,7 @@ def send(request, retry: OpenRetry) -> HttpResponse:
         return _to_retry_page(request, earlier)
     form = retry.form(request, request.POST)
     if not form.is_valid():
-        return _render_panel(request, retry.task, {**retry.context, "form": form})
+        return _render_panel(request, retry.data, {**retry.context, "form": form})
     try:
         attempt = submit_kickout_retry(
             user=request.user, form=form, task=retry.task, rechecked=True
@@ -179,28 +169,28 @@ def _to_retry_page(request, attempt: RetryAttempt) -> HttpResponse:
     return redirect(attempt)
 
 
-def _render_panel(request, task, context, status=200, answers=None) -> HttpResponse:
+def _render_panel(
+    request, data: pages.TaskPageData | None, context: dict, status: int = 200
+) -> HttpResponse:
     """The retry panel alone for htmx; the whole task page otherwise (JavaScript off)."""
     if request.htmx:
         return render(request, "kickouts/task_detail.html#retry-panel", context, status=status)
-    if task is not None:
-        context.update(kickout_context(request, task, answers))
-        context["lineage"] = lineage.for_task(task.guid)
+    if data is not None:
+        context.update(kickout_context(request, data))
+        context["lineage"] = lineage.for_task(data.task.guid)
     return render(request, "kickouts/task_detail.html", context, status=status)
 
 
 @require_GET
 @login_required
 def retry_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    attempt = _visible_attempt(request, pk)
+    attempt = visible_attempt(request, pk)
     context = {"attempt": attempt}
     # The panel first: a reading it stores is then what the retry chain shows too.
     context.update(panel_context(request, attempt, watch_started=time.time(), failures=0))
     context["lineage"] = lineage.for_task(attempt.source_task_guid)
     context["email_note"] = email_note(attempt, request.user)
-    from .reconcile import retry_page_context  # it reads this module's _visible_attempt
-
-    context.update(retry_page_context(attempt))
+    context.update(reconcile.retry_page_context(attempt))
     return render(request, "kickouts/retry_detail.html", context)
 
 
@@ -208,7 +198,7 @@ def retry_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @login_required
 def status_panel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """The polled status panel; answers 286 (htmx: stop polling) once polling should stop."""
-    attempt = _visible_attempt(request, pk, with_requester=False)
+    attempt = visible_attempt(request, pk, with_requester=False)
     if not request.htmx:
         return redirect(attempt)
     # Both come from the panel's own polling URL; anything else starts the watch again.
@@ -232,13 +222,19 @@ def panel_context(request, attempt: RetryAttempt, *, watch_started: float, failu
     if not attempt.new_task_guid:
         return context
     # The worker's record while it follows the retry; shared polling if it seems down.
-    reading, worker_down = panel_reading(attempt)
+    reading, worker_down = follow_up.panel_reading(attempt)
+    follow = attempt.follow
     context["reading"] = reading
     context["worker_down"] = worker_down
+    context["follow"] = follow
+    context.update(reconcile.comparison_context(attempt))
     if reading is not None and reading.ok:
         failures = 0
-        running = reading.task.is_running
-    elif attempt.follow_state == FollowState.FOLLOWING and not worker_down:
+        # Polled on after the end until the worker compared the kickouts: the last swap
+        # brings the before and after.
+        reporting = follow is not None and follow.state == FollowState.REPORTING
+        running = reading.task.is_running or (reporting and not worker_down)
+    elif follow is not None and follow.state == FollowState.FOLLOWING and not worker_down:
         failures = 0  # no answer yet, or EnergyCAP failing: the worker keeps asking
         running = True
     else:
@@ -276,22 +272,28 @@ def panel_context(request, attempt: RetryAttempt, *, watch_started: float, failu
     return context
 
 
-def _visible_attempt(request, pk: int, *, with_requester: bool = True) -> RetryAttempt:
-    """The retry, if this user may see it; another clerk's retry is a (logged) 404."""
-    # Polled every few seconds: one indexed lookup (without the requester's row, which
-    # the panel does not show), and the permission check only when it is someone else's.
-    retries = RetryAttempt.objects.select_related("requested_by" if with_requester else None)
-    attempt = retries.filter(pk=pk).order_by().first()
-    if attempt is None:
-        raise Http404("No such retry.")
-    if attempt.requested_by_id != request.user.pk and not request.user.has_perm(
-        "kickouts.view_all_retries"
-    ):
-        access_logger.warning(
-            "Refused %s %s to user %s: another user's retry",
-            request.method,
-            request.path,
-            request.user.get_username(),
+def email_note(attempt: RetryAttempt, viewer) -> str:
+    """What the retry page says about the email to the requester."""
+    follow = attempt.follow
+    if follow is None:
+        return ""
+    if follow.notification:
+        return follow.notification
+    user = attempt.requested_by
+    yours = user.pk == viewer.pk
+    if not user.email:
+        return (
+            "You have no email address here, so no email will tell you when it ends."
+            if yours
+            else "The requester has no email address here, so no email will be sent."
         )
-        raise Http404("No such retry.")
-    return attempt
+    if not UserSettings.of(user).email_when_retry_ends:
+        return "Email turned off in Your settings." if yours else "The requester turned emails off."
+    if follow.state == FollowState.FOLLOWING and attempt.bulk_id is not None:
+        return (
+            f"One email for the whole of bulk retry #{attempt.bulk_id} goes to {user.email} "
+            "when its last import ends."
+        )
+    if follow.state == FollowState.FOLLOWING:
+        return f"An email goes to {user.email} when the new import ends."
+    return ""

@@ -2,52 +2,25 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
-from django_htmx.middleware import HtmxDetails
 
-from .. import energycap, lineage, snapshots
-from .. import tasks as background
+from .. import energycap, handled, lineage, pages, snapshots
 from ..decorators import login_required
-from ..energycap import Answers, EnergyCapError, NotFound
-from ..forms import INT32_MAX
+from ..energycap import EnergyCapError, NotFound
+from ..forms import INT32_MAX, BatchChoices
 from ..models import RetryAttempt
 from ..queue_models import ImportSnapshot
-from ..retries import batch_choice_calls, build_retry_form, load_batch_choices
+from ..retries import build_retry_form
+from .common import PERIODS, HtmxHttpRequest, ascii_number, positive_int
 
-PERIODS = {"7": 7, "30": 30, "90": 90}
 # No 250: its rows took a quarter of an EnergyCAP round trip to render (see the README).
 PAGE_SIZES = ("25", "50", "100")
 TASKS_PER_PAGE = "50"
 DETAIL_ROWS_PER_PAGE = 50
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
-
-
-MAX_PAGE_NUMBER = 100_000
 MESSAGE_MAX = 1000
-
-
-def ascii_number(value: str | None, *, maximum: int) -> int | None:
-    """A whole number up to `maximum` in ASCII digits, else None.
-
-    `"²".isdigit()` is true and `int("١٢")` is 12: neither is a number a link of ours carries.
-    """
-    value = (value or "").strip()
-    if not (value.isascii() and value.isdigit() and len(value) <= len(str(maximum))):
-        return None
-    number = int(value)
-    return number if number <= maximum else None
-
-
-def _positive_int(value: str | None, default: int = 1) -> int:
-    return max(1, ascii_number(value, maximum=MAX_PAGE_NUMBER) or default)
 
 
 @require_GET
@@ -58,7 +31,7 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
         period = "30"
     only_kickouts = request.GET.get("kickouts") == "1"
     full_name = request.GET.get("user", "").strip()[:255]
-    page_number = _positive_int(request.GET.get("page"))
+    page_number = positive_int(request.GET.get("page"))
     per_page = request.GET.get("per_page", TASKS_PER_PAGE)
     if per_page not in PAGE_SIZES:
         per_page = TASKS_PER_PAGE
@@ -100,7 +73,7 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
         retries = RetryAttempt.objects.summary_by_source([t.guid for t in tasks])
         # A refresh of the list brings its ended imports with kickouts into the queue.
         handled, new = snapshots.register_and_read_handled(tasks)
-        background.snapshot_in_background(new)
+        snapshots.snapshot_in_background(new)
         context["tasks"] = [(t, retries.get(t.guid), handled.get(t.guid)) for t in tasks]
         context["page"] = page
     template = "kickouts/task_list.html"
@@ -113,27 +86,21 @@ def task_list(request: HtmxHttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 def task_detail(request: HtmxHttpRequest, guid: str) -> HttpResponse:
-    api = energycap.client()
     # The task, its kickouts and the retry form's batches at once: one round trip.
-    answers = api.at_once(
-        task=partial(api.get_task, guid),
-        **snapshots.kickout_calls(api, guid),
-        **(batch_choice_calls(api) if may_retry(request.user) else {}),
-    )
     try:
-        task = answers["task"].get()
+        data = pages.load_task_page(
+            guid, with_choices=may_retry(request.user), message=chosen_message(request)
+        )
     except NotFound:
         return render(request, "kickouts/task_missing.html", {"guid": guid}, status=404)
     except EnergyCapError as exc:
         return render(
             request, "kickouts/task_detail.html", {"guid": guid, "task": None, "error": exc}
         )
-    context = {"guid": guid, "task": task, "error": None}
-    context.update(kickout_context(request, task, answers))
-    from .queue import handled_context  # the queue's views import this module
-
-    context.update(handled_context(request, guid))
-    context.update(retry_context(request, task, answers))
+    context = {"guid": guid, "task": data.task, "error": None}
+    context.update(kickout_context(request, data))
+    context.update(handled.panel_context(request, guid))
+    context.update(retry_context(request, data.task, data.choices))
     context["lineage"] = lineage.for_task(guid)
     return render(request, "kickouts/task_detail.html", context)
 
@@ -142,44 +109,32 @@ def may_retry(user) -> bool:
     return user.has_perm("kickouts.submit_retry")
 
 
-def kickout_context(request, task, answers: Answers | None = None) -> dict:
-    """The kickout summary and one page of the detail grid (filtered by message); `answers`
-    may hold them (`snapshots.kickout_calls`)."""
-    if not task.is_bill_import:
-        return {}
-    api = energycap.client()
-    answers = answers or Answers()
+def chosen_message(request) -> str:
+    """The kickout message the rows are filtered by (none that long exists: all rows)."""
     chosen = request.GET.get("message", "")
-    if len(chosen) > MESSAGE_MAX:
-        chosen = ""  # no kickout message is that long: show all rows
-    try:
-        if task.can_retry_kickouts:
-            # An ended import's kickouts never change: stored once, then read from our tables.
-            summary, grid = snapshots.stored_kickouts(
-                snapshots.ensure_snapshot(task, answers), chosen or None
-            )
-        else:
-            summary = answers.value("kickout_summary", partial(api.kickout_summary, task.guid))
-            if chosen:
-                grid = api.kickout_detail(task.guid, chosen)
-            else:
-                grid = answers.value("kickout_detail", partial(api.kickout_detail, task.guid))
-    except EnergyCapError as exc:
-        return {"kickout_error": exc}
+    return "" if len(chosen) > MESSAGE_MAX else chosen
+
+
+def kickout_context(request, data: pages.TaskPageData) -> dict:
+    """The kickout summary and one page of the detail grid (filtered by message)."""
+    if data.kickouts is None:
+        return {}
+    if isinstance(data.kickouts, EnergyCapError):
+        return {"kickout_error": data.kickouts}
+    summary, grid = data.kickouts.summary, data.kickouts.grid
     paginator = Paginator(grid.rows, DETAIL_ROWS_PER_PAGE)
-    rows_page = paginator.get_page(_positive_int(request.GET.get("rows")))
+    rows_page = paginator.get_page(positive_int(request.GET.get("rows")))
     return {
         "summary": summary,
-        "chosen_message": chosen,
+        "chosen_message": chosen_message(request),
         "grid": grid,
         "rows_page": rows_page,
         "row_cells": [[row.get(c, "") for c in grid.columns] for row in rows_page],
     }
 
 
-def retry_context(request, task, answers: Answers | None = None) -> dict:
-    """What the retry panel beside the kickouts shows: the form, or why there is none;
-    `answers` may hold the batches (`retries.batch_choice_calls`)."""
+def retry_context(request, task, choices: BatchChoices | EnergyCapError | None) -> dict:
+    """What the retry panel beside the kickouts shows: the form, or why there is none."""
     if not task.can_retry_kickouts:
         return {"retry_unavailable": _why_no_retry(task)}
     if not may_retry(request.user):
@@ -189,10 +144,8 @@ def retry_context(request, task, answers: Answers | None = None) -> dict:
                 "administrator to add you to one of them."
             )
         }
-    try:
-        choices = load_batch_choices(energycap.client(), answers)
-    except EnergyCapError as exc:
-        return {"retry_error": exc}
+    if isinstance(choices, EnergyCapError):
+        return {"retry_error": choices}
     initial = {"batch_mode": request.GET.get("batch_mode", "")[:40]}
     again = ascii_number(request.GET.get("again"), maximum=INT32_MAX)
     if again is not None:
