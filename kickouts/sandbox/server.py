@@ -254,7 +254,7 @@ class SandboxHTTPServer(ThreadingHTTPServer):
             "endpoint": endpoint,
             "status": None,
             # A file import's base64 is kept as its size: the log holds 10,000 entries.
-            "body": imports.log_body(body),
+            "body": imports.log_body(body) if endpoint == "import_post" else body,
             "bodyBytes": len(request.body),
             # Only whether a key came: the value itself is never stored.
             "hasKey": bool(request.headers.get("ECI-ApiKey")),
