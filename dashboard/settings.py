@@ -71,6 +71,12 @@ BULK_RETRY_MAX = int(os.environ.get("BULK_RETRY_MAX", "100"))
 WORKER_STALE_SECONDS = env_float("WORKER_STALE_SECONDS", 120)
 # The dashboard's address as people reach it: the links in emails.
 DASHBOARD_URL = os.environ.get("DASHBOARD_URL", "http://127.0.0.1:8000").strip().rstrip("/")
+# Corrected files (kickouts/uploads.py): the largest file the dashboard takes, and the most a
+# ZIP or workbook may unpack to (what the checks read is bounded by it).
+CORRECTED_FILE_MAX_BYTES = int(os.environ.get("CORRECTED_FILE_MAX_BYTES", str(10 * 1024 * 1024)))
+CORRECTED_FILE_MAX_EXPANDED_BYTES = int(
+    os.environ.get("CORRECTED_FILE_MAX_EXPANDED_BYTES", str(100 * 1024 * 1024))
+)
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not DEBUG:

@@ -39,6 +39,7 @@ from .payloads import (
     BILL_IMPORT,
     Batch,
     CurrentUser,
+    ImportProfile,
     KickoutGrid,
     KickoutSummary,
     MalformedPayload,
@@ -718,37 +719,7 @@ class EnergyCap:
         answer: every answer is a row of `REIMPORT_ANSWERS`.
         """
         path = f"/api/v202401/import/bill/task/{_guid(guid)}/kickout"
-        try:
-            response = self._request("POST", path, body=body)
-        except EnergyCapError as exc:
-            status = exc.status_code
-            if status is not None and 200 <= status < 300:
-                answer = "2xx not JSON"
-            elif status is not None:
-                answer = answer_class(status)
-            else:
-                answer = getattr(exc, "answer", "") or "dropped after sending"
-            return ReimportAnswer(answer, exc.message, status_code=status)
-        if not 200 <= response.status_code < 300:
-            return ReimportAnswer(
-                answer_class(response.status_code),
-                f"EnergyCAP answered HTTP {response.status_code}.",
-                status_code=response.status_code,
-            )
-        data = response.data if isinstance(response.data, dict) else {}
-        new_guid = data.get("taskGUId") or data.get("taskGuid") or data.get("taskGUID")
-        if not isinstance(new_guid, str) or not GUID_RE.match(new_guid.strip()):
-            return ReimportAnswer(
-                "2xx without a task GUID",
-                "EnergyCAP accepted the re-import but its answer had no task GUID.",
-                status_code=response.status_code,
-            )
-        return ReimportAnswer(
-            "2xx with a task GUID",
-            "",
-            status_code=response.status_code,
-            new_task_guid=new_guid.strip().lower(),
-        )
+        return self._post_import(path, body, "the re-import")
 
     # -- batches and the key's user --
 
@@ -784,6 +755,77 @@ class EnergyCap:
 
     def current_user(self) -> CurrentUser:
         return CurrentUser.from_json(self._get("/api/v3/me").data)
+
+    # -- importing a file (the corrected-file path) --
+
+    def import_bill(self, body: dict) -> ReimportAnswer:
+        """POST a bill file import (`POST /api/v3/import/bill`), once, and say what the
+        answer proves.
+
+        The caller builds the body (fileName, data as base64, profileCode, batchSettings,
+        importNote, saveAsResolved, comment). Never retried, for the re-import's reason: a
+        repeat would import the same bills twice. Classified by the re-import's own table,
+        `REIMPORT_ANSWERS`, as EnergyCAP's documentation does not set the two apart.
+        """
+        return self._post_import("/api/v3/import/bill", body, "the file import")
+
+    def import_profiles(self) -> list[ImportProfile]:
+        """The bill import profiles (`GET /api/v3/import/bill/profile`), in EnergyCAP's order.
+
+        Which properties a profile carries is a guess (an id, a code, a name): each entry is
+        read tolerantly, and one without a usable code is left out, since only its code can
+        be sent as `profileCode`. An answer that is not a list is `Unavailable`, so the form
+        can fall back on the Advanced format and say why.
+        """
+        response = self._get("/api/v3/import/bill/profile")
+        if not isinstance(response.data, list):
+            raise Unavailable("EnergyCAP answered with unexpected data: expected a list.")
+        profiles: list[ImportProfile] = []
+        seen: set[str] = set()
+        for item in response.data:
+            profile = ImportProfile.from_json(item)
+            if profile is not None and profile.code.lower() not in seen:
+                seen.add(profile.code.lower())
+                profiles.append(profile)
+        return profiles
+
+    def _post_import(self, path: str, body: dict, what: str) -> ReimportAnswer:
+        """POST an import once and classify the answer by `REIMPORT_ANSWERS`.
+
+        The one place that reads what an answer to an import POST proves, for the kickout
+        re-import and the file import alike; `what` names the request in the messages.
+        """
+        try:
+            response = self._request("POST", path, body=body)
+        except EnergyCapError as exc:
+            status = exc.status_code
+            if status is not None and 200 <= status < 300:
+                answer = "2xx not JSON"
+            elif status is not None:
+                answer = answer_class(status)
+            else:
+                answer = getattr(exc, "answer", "") or "dropped after sending"
+            return ReimportAnswer(answer, exc.message, status_code=status)
+        if not 200 <= response.status_code < 300:
+            return ReimportAnswer(
+                answer_class(response.status_code),
+                f"EnergyCAP answered HTTP {response.status_code}.",
+                status_code=response.status_code,
+            )
+        data = response.data if isinstance(response.data, dict) else {}
+        new_guid = data.get("taskGUId") or data.get("taskGuid") or data.get("taskGUID")
+        if not isinstance(new_guid, str) or not GUID_RE.match(new_guid.strip()):
+            return ReimportAnswer(
+                "2xx without a task GUID",
+                f"EnergyCAP accepted {what} but its answer had no task GUID.",
+                status_code=response.status_code,
+            )
+        return ReimportAnswer(
+            "2xx with a task GUID",
+            "",
+            status_code=response.status_code,
+            new_task_guid=new_guid.strip().lower(),
+        )
 
 
 def _guid(value: str) -> str:

@@ -323,3 +323,59 @@ class NewTask:
 
     guid: str
     raw: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImportProfile:
+    """A bill import profile: what maps a file's columns. Sent as `profileCode`.
+
+    EnergyCAP's SDK lists profiles but the properties of each are not confirmed: the id,
+    code and name are looked for under the spellings its other resources use, and anything
+    else is ignored.
+    """
+
+    profile_id: int | None
+    code: str
+    name: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> ImportProfile | None:
+        """The profile, or None when the entry has no usable code."""
+        data = _dict(data)
+        code = _first_text(data, "profileCode", "importProfileCode", "code")
+        if not code:
+            return None
+        return cls(
+            profile_id=_first_int(data, "importProfileId", "profileId", "id"),
+            code=code,
+            name=_first_text(
+                data, "profileName", "importProfileName", "name", "profileInfo", "description"
+            )
+            or code,
+        )
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name == self.code else f"{self.name} ({self.code})"
+
+
+def _first_text(data: dict, *names: str) -> str:
+    """The first of `names` (compared case-insensitively) holding non-blank text or a number."""
+    lowered = {str(key).lower(): value for key, value in data.items()}
+    for name in names:
+        value = lowered.get(name.lower())
+        if isinstance(value, bool) or value is None or isinstance(value, dict | list):
+            continue
+        text = str(value).strip()
+        if text:
+            return text
+    return ""
+
+
+def _first_int(data: dict, *names: str) -> int | None:
+    lowered = {str(key).lower(): value for key, value in data.items()}
+    for name in names:
+        value = _int(lowered.get(name.lower()))
+        if value is not None:
+            return value
+    return None

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from .state import Batch
+from .state import Batch, SandboxState
 
 USE_EXISTING_BATCH = "use existing batch"
 NEW_BATCH = "new batch"
@@ -139,6 +140,33 @@ def plan_batch(
     if mode == USE_PENDING_BATCH:
         return _use_pending(settings.pending_batch_id, all_batches)
     return _smart(settings.new_batch_code, all_batches, user, new_guid)
+
+
+def place_bills(state: SandboxState, settings: BatchSettings, now: datetime) -> tuple[Batch, bool]:
+    """Carry out the plan of ``settings`` for a new import (a re-import or a file import).
+
+    Closes the batches the plan closes, makes its new batch, and answers the target batch and
+    whether it closes when the import ends. Raises ``KickoutRequestError`` before changing
+    anything when the rules refuse.
+    """
+    user = ApiUserView(
+        user_id=state.api_user_id,
+        user_code=state.api_user.user_code,
+        can_manage=state.permissions.manage,
+    )
+    plan = plan_batch(
+        settings,
+        state.batches.values(),
+        user,
+        auto_code=lambda: state.auto_batch_code(now),
+        new_guid=state.new_guid,
+    )
+    for batch_id in plan.close_batch_ids:
+        state.close_batch(state.batches[batch_id], now)
+    if plan.target_batch_id is not None:
+        return state.batches[plan.target_batch_id], plan.close_when_done
+    assert plan.new_batch_code is not None
+    return state.create_batch(plan.new_batch_code, state.api_user_id, now), plan.close_when_done
 
 
 def _use_existing(batch_id: int | None, batches: list[Batch], user: ApiUserView) -> BatchPlan:

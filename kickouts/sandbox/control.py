@@ -7,6 +7,7 @@ to the sandbox's request log. Every call has a 5 second timeout.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -83,6 +84,25 @@ class SandboxControl:
 
     def set_me(self, **props: Any) -> dict[str, Any]:
         return self._call("POST", "/_sandbox/me", _camel(props))
+
+    def kickout_file(self, guid: str) -> str:
+        """The task's kickout rows as a CSV in the Advanced format (the message first): the
+        file a clerk downloads, corrects and imports again."""
+        response = self.session.get(
+            f"{self.base_url}/_sandbox/tasks/{guid}/kickout-file", timeout=TIMEOUT
+        )
+        if response.status_code != 200:
+            raise SandboxControlError(f"kickout-file answered {response.status_code}")
+        return response.content.decode("utf-8")
+
+    def accounts(self) -> list[dict[str, Any]]:
+        """The master data's accounts: code, vendor code, meters and aliases."""
+        return list(self._call("GET", "/_sandbox/accounts"))
+
+    def add_account_alias(self, account_code: str, alias: str) -> dict[str, Any]:
+        """Add an alias to an account, as a clerk does in EnergyCAP to fix "not found"."""
+        path = f"/_sandbox/accounts/{quote(account_code, safe='')}/aliases"
+        return self._call("POST", path, {"alias": alias})
 
     def _call(
         self,

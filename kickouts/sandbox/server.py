@@ -32,14 +32,13 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import batch_modes
+from . import batch_modes, imports
 from .filters import FieldKind, FilterError, FilterField, matches, parse_filter
 from .state import (
     COMPLETED_WITH_KICKOUTS,
     OUTCOMES,
-    Batch,
     ControlError,
     SandboxState,
     Task,
@@ -56,6 +55,8 @@ ENDPOINTS = (
     "batch_list",
     "batch_get",
     "me",
+    "import_profiles",
+    "import_post",
 )
 _KICKOUT = r"^/api/v202401/import/bill/task/(?P<guid>[^/]+)/kickout"
 ROUTES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
@@ -69,6 +70,8 @@ ROUTES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         ("batch_list", "GET", r"^/api/v3/batch/?$"),
         ("batch_get", "GET", r"^/api/v3/batch/(?P<batch_id>[^/]+)/?$"),
         ("me", "GET", r"^/api/v3/me/?$"),
+        ("import_profiles", "GET", r"^/api/v3/import/bill/profile/?$"),
+        ("import_post", "POST", r"^/api/v3/import/bill/?$"),
     )
 )
 DEFAULT_PAGE_SIZE = 250
@@ -250,7 +253,9 @@ class SandboxHTTPServer(ThreadingHTTPServer):
             "query": dict(request.query),
             "endpoint": endpoint,
             "status": None,
-            "body": body,
+            # A file import's base64 is kept as its size: the log holds 10,000 entries.
+            "body": imports.log_body(body) if endpoint == "import_post" else body,
+            "bodyBytes": len(request.body),
             # Only whether a key came: the value itself is never stored.
             "hasKey": bool(request.headers.get("ECI-ApiKey")),
         }
@@ -474,6 +479,24 @@ class SandboxHandler(BaseHTTPRequestHandler):
             if path == "/_sandbox/me" and method == "POST":
                 server.state.update_me(body)
                 return Reply.json(200, server.state.me_json())
+            file_match = re.fullmatch(r"/_sandbox/tasks/([0-9a-fA-F-]{36})/kickout-file", path)
+            if file_match and method == "GET":
+                task = server.state.task(file_match.group(1))
+                if task is None:
+                    raise ApiError(404, f"No task with GUID {file_match.group(1)}.")
+                csv_text = imports.kickout_file(task)
+                return Reply(200, csv_text.encode("utf-8"), content_type="text/csv; charset=utf-8")
+            if path == "/_sandbox/accounts" and method == "GET":
+                master = imports.master_data(server.state)
+                return Reply.json(200, list(imports.iter_accounts(master)))
+            alias_match = re.fullmatch(r"/_sandbox/accounts/([^/]+)/aliases", path)
+            if alias_match and method == "POST":
+                master = imports.master_data(server.state)
+                try:
+                    account = master.add_alias(unquote(alias_match.group(1)), body.get("alias", ""))
+                except (LookupError, ValueError, AttributeError) as error:
+                    raise ApiError(400, str(error)) from None
+                return Reply.json(200, account.json())
         raise ApiError(404, f"No sandbox control route {method} {request.path}.")
 
 
@@ -548,36 +571,51 @@ def _kickout_post(
             f"Task {source.task_guid} has status '{status}'; only a Bill Import whose status "
             f"is '{COMPLETED_WITH_KICKOUTS}' can have its kickouts re-imported.",
         )
-    user = batch_modes.ApiUserView(
-        user_id=state.api_user_id,
-        user_code=state.api_user.user_code,
-        can_manage=state.permissions.manage,
-    )
     try:
-        plan = batch_modes.plan_batch(
-            kickout_request.batch_settings,
-            state.batches.values(),
-            user,
-            auto_code=lambda: state.auto_batch_code(now),
-            new_guid=state.new_guid,
+        target, close_when_done = batch_modes.place_bills(
+            state, kickout_request.batch_settings, now
         )
     except batch_modes.KickoutRequestError as error:
         raise ApiError(400, str(error)) from None
-    for batch_id in plan.close_batch_ids:
-        state.close_batch(state.batches[batch_id], now)
-    target: Batch
-    if plan.target_batch_id is not None:
-        target = state.batches[plan.target_batch_id]
-    else:
-        assert plan.new_batch_code is not None
-        target = state.create_batch(plan.new_batch_code, state.api_user_id, now)
     task = state.start_reimport(
         source,
         batch=target,
-        close_batch_when_done=plan.close_when_done,
+        close_batch_when_done=close_when_done,
         import_note=kickout_request.import_note or "",
         settings=dict(body),
         now=now,
+    )
+    return Reply.json(200, {"taskGUId": task.task_guid})
+
+
+def _import_profiles(state: SandboxState, _: Request, __: dict[str, str], now: datetime) -> Reply:
+    if not state.permissions.view:
+        raise ApiError(
+            401,
+            f"User {state.api_user.user_code} lacks the Bills and Batches View permission.",
+        )
+    return Reply.json(200, imports.profile_list())
+
+
+def _import_post(state: SandboxState, request: Request, _: dict[str, str], now: datetime) -> Reply:
+    """A file import: refused as the re-import is refused, then a new Bill Import task."""
+    content_type = request.headers.get("Content-Type", "")
+    if "application/json" not in content_type.lower():
+        raise ApiError(415, "Content-Type must be application/json.")
+    if not state.permissions.create:
+        raise ApiError(
+            401,
+            f"User {state.api_user.user_code} lacks the Bills and Batches Create permission.",
+        )
+    try:
+        import_request = imports.parse_import_request(request.json_body())
+        target, close_when_done = batch_modes.place_bills(
+            state, import_request.kickout_request.batch_settings, now
+        )
+    except (imports.ImportRequestError, batch_modes.KickoutRequestError) as error:
+        raise ApiError(400, str(error)) from None
+    task = imports.start_file_import(
+        state, import_request, batch=target, close_batch_when_done=close_when_done, now=now
     )
     return Reply.json(200, {"taskGUId": task.task_guid})
 
@@ -619,6 +657,8 @@ API_HANDLERS: dict[str, Callable[[SandboxState, Request, dict[str, str], datetim
     "batch_list": _batch_list,
     "batch_get": _batch_get,
     "me": _me,
+    "import_profiles": _import_profiles,
+    "import_post": _import_post,
 }
 
 

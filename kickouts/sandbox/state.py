@@ -44,7 +44,7 @@ import math
 import random
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -84,6 +84,7 @@ KICKOUT_MESSAGES = (
     "Total cost does not equal line item sum",
     "Bill end date is before start date",
 )
+END_BEFORE_START = KICKOUT_MESSAGES[5]
 FAILURE_MESSAGES = (
     "The file could not be read: worksheet 'Bills' was not found.",
     "Import profile 'Standard Bill Import' does not match the columns of the file.",
@@ -172,9 +173,14 @@ class KickoutRow:
     account_code: str
     meter_code: str
     vendor_code: str
-    bill_start: date
-    bill_end: date
-    total_cost: float
+    # Text only for a row of an imported file whose dates or cost could not be read.
+    bill_start: date | str
+    bill_end: date | str
+    total_cost: float | str
+    # Rows of an imported file: the file (inside a ZIP) they came from, and their line item
+    # total as the file had it.
+    file_name: str | None = None
+    line_item_total: float | None = None
 
 
 @dataclass
@@ -416,19 +422,8 @@ class SandboxState:
         for message in messages:
             of_message = [row for row in rows if row.message == message]
             kept.extend(of_message[: max(1, len(of_message) // 2)])
-        return [
-            KickoutRow(
-                message=row.message,
-                row_number=index + 2,  # row 1 of the re-import file is its header
-                account_code=row.account_code,
-                meter_code=row.meter_code,
-                vendor_code=row.vendor_code,
-                bill_start=row.bill_start,
-                bill_end=row.bill_end,
-                total_cost=row.total_cost,
-            )
-            for index, row in enumerate(kept)
-        ]
+        # Row 1 of the re-import file is its header.
+        return [replace(row, row_number=index + 2) for index, row in enumerate(kept)]
 
     def _take_task_id(self) -> int:
         self.next_task_id += 1
@@ -570,10 +565,10 @@ class SandboxState:
                 row.account_code,
                 row.meter_code,
                 row.vendor_code,
-                row.bill_start.isoformat(),
-                row.bill_end.isoformat(),
+                _date_text(row.bill_start),
+                _date_text(row.bill_end),
                 row.total_cost,
-                task.file_name,
+                row.file_name or task.file_name,
             )
             data.append([{"fieldId": i, "value": v} for i, v in zip(ids, values, strict=True)])
         return {"fields": fields, "data": data}
@@ -1007,6 +1002,11 @@ class _Seeder:
         for message, count in plan:
             for _ in range(count):
                 start = month_start + timedelta(days=rng.randint(0, 5))
+                end = start + timedelta(days=rng.randint(27, 32))
+                if message == END_BEFORE_START:
+                    # The row's own dates are what kicked it out: a file imported again
+                    # unchanged must be kicked out again for the same reason.
+                    start, end = end, start
                 rows.append(
                     KickoutRow(
                         message=message,
@@ -1015,7 +1015,7 @@ class _Seeder:
                         meter_code=f"MTR-{rng.randint(10000, 99999)}",
                         vendor_code=vendor_code,
                         bill_start=start,
-                        bill_end=start + timedelta(days=rng.randint(27, 32)),
+                        bill_end=end,
                         total_cost=round(rng.uniform(40, 9000), 2),
                     )
                 )
@@ -1060,6 +1060,10 @@ def _stated_rows(rows: list[Any]) -> list[KickoutRow]:
             )
         )
     return stated
+
+
+def _date_text(value: date | str) -> str:
+    return value if isinstance(value, str) else value.isoformat()
 
 
 def _is_int(value: Any) -> bool:
