@@ -310,15 +310,6 @@ class Answer(Generic[T]):
         return self.value
 
 
-class Answers(dict[str, Answer]):
-    """The answers of one `at_once`, by the names its calls were given."""
-
-    def value(self, name: str, call: Callable[[], T]) -> T:
-        """The named call's value (or its typed error), or `call()` now when it was not made."""
-        answer = self.get(name)
-        return call() if answer is None else answer.get()
-
-
 def _answer(call: Callable[[], T]) -> Answer[T]:
     try:
         return Answer(value=call())
@@ -494,9 +485,9 @@ class EnergyCap:
 
     # -- concurrency --
 
-    def at_once(self, *calls: Callable[[], Any], **named: Callable[[], Any]) -> Any:
-        """Run independent calls of this client concurrently and wait for all of them: a list
-        of `Answer`s in the order of `calls` (or, for `named` calls, an `Answers` by name).
+    def at_once(self, *calls: Callable[[], Any]) -> list[Answer]:
+        """Run independent calls of this client concurrently and wait for all of them: their
+        `Answer`s, in the order of `calls`.
 
         Each call keeps its own timeouts, retries and scrubbing, and a typed error is that
         call's answer alone (raised by `Answer.get`). Anything else is a bug and is raised.
@@ -504,9 +495,6 @@ class EnergyCap:
         many are given), so they may only talk to EnergyCAP: no database or cache. The
         calling thread makes the first call itself.
         """
-        if named:
-            names = list(named)
-            return Answers(zip(names, self.at_once(*named.values()), strict=True))
         if not calls:
             return []
         if len(calls) == 1 or getattr(_pool_thread, "active", False):

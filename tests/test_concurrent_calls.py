@@ -180,18 +180,18 @@ def test_each_call_at_once_keeps_its_own_typed_error_with_the_key_scrubbed(sandb
     """A 401 echoing the key is `me`'s error alone, redacted; the task answers as usual."""
     sandbox.fault("me", {"status": 401, "echo": True})
     api = energycap.client()
-    answers = api.at_once(
-        task=partial(api.get_task, API_USER_KICKOUT_TASK_GUID),
-        me=api.current_user,
-        missing=partial(api.get_task, "0badc0de-0000-4000-8000-000000000000"),
+    task, me, missing = api.at_once(
+        partial(api.get_task, API_USER_KICKOUT_TASK_GUID),
+        api.current_user,
+        partial(api.get_task, "0badc0de-0000-4000-8000-000000000000"),
     )
-    assert answers["task"].get().guid == API_USER_KICKOUT_TASK_GUID
+    assert task.get().guid == API_USER_KICKOUT_TASK_GUID
     with pytest.raises(Unauthorized) as refused:
-        answers["me"].get()
+        me.get()
     assert settings.ENERGYCAP_API_KEY not in refused.value.message
     assert "[redacted]" in refused.value.message
     with pytest.raises(NotFound):
-        answers["missing"].get()
+        missing.get()
 
 
 def test_a_call_that_times_out_at_once_is_its_own_timeout(sandbox, settings):
@@ -199,12 +199,10 @@ def test_a_call_that_times_out_at_once_is_its_own_timeout(sandbox, settings):
     settings.ENERGYCAP_READ_TIMEOUT = 1
     sandbox.fault("me", {"hang": 3})
     api = energycap.client()
-    answers = api.at_once(
-        me=api.current_user, task=partial(api.get_task, API_USER_KICKOUT_TASK_GUID)
-    )
+    me, task = api.at_once(api.current_user, partial(api.get_task, API_USER_KICKOUT_TASK_GUID))
     with pytest.raises(TimedOut):
-        answers["me"].get()
-    assert answers["task"].get().can_retry_kickouts
+        me.get()
+    assert task.get().can_retry_kickouts
 
 
 def test_calls_at_once_made_from_a_call_at_once_run_in_turn(sandbox):
@@ -213,8 +211,9 @@ def test_calls_at_once_made_from_a_call_at_once_run_in_turn(sandbox):
     guid = API_USER_KICKOUT_TASK_GUID
 
     def inner():
-        return api.at_once(summary=partial(api.kickout_summary, guid), me=api.current_user)
+        return api.at_once(partial(api.kickout_summary, guid), api.current_user)
 
-    answers = api.at_once(task=partial(api.get_task, guid), inner=inner)
-    assert answers["task"].get().guid == guid
-    assert answers["inner"].get()["summary"].get().kickout_messages
+    task, nested = api.at_once(partial(api.get_task, guid), inner)
+    assert task.get().guid == guid
+    summary, _ = nested.get()
+    assert summary.get().kickout_messages
