@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -34,6 +33,14 @@ from urllib.parse import quote
 import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NameResolutionError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
+from urllib3.util.retry import Retry
 
 from .payloads import (
     BILL_IMPORT,
@@ -434,6 +441,52 @@ def _retry_after_seconds(response: requests.Response) -> float | None:
     return None
 
 
+class RetryAfterTooLong(Exception):
+    """EnergyCAP asked to wait longer than the client waits (`GetRetry`)."""
+
+    def __init__(self, seconds: float, status_code: int):
+        super().__init__(f"Retry-After {seconds:.0f} s")
+        self.seconds = seconds
+        self.status_code = status_code
+
+
+class GetRetry(Retry):
+    """urllib3's retries for the GETs: a connection that failed, one that broke, and answers
+    429/502/503/504 are tried again (honouring a short Retry-After, with capped backoff); no
+    answer within the read timeout is not (each costs the whole timeout), and a Retry-After
+    longer than `max_retry_after` gives up at once."""
+
+    def __init__(self, *, attempts: int = 3, max_retry_after: float = 10.0, **kwargs):
+        again = max(0, attempts - 1)
+        kwargs.setdefault("total", again)
+        kwargs.setdefault("connect", again)
+        kwargs.setdefault("read", again)
+        kwargs.setdefault("status", again)
+        kwargs.setdefault("other", 0)
+        kwargs.setdefault("redirect", False)
+        kwargs.setdefault("allowed_methods", frozenset({"GET"}))
+        kwargs.setdefault("status_forcelist", RETRYABLE_STATUSES)
+        kwargs.setdefault("raise_on_status", False)
+        kwargs.setdefault("respect_retry_after_header", True)
+        super().__init__(**kwargs)
+        self.attempts = attempts
+        self.max_retry_after = max_retry_after
+
+    def new(self, **kwargs) -> GetRetry:
+        kwargs.setdefault("attempts", self.attempts)
+        kwargs.setdefault("max_retry_after", self.max_retry_after)
+        return super().new(**kwargs)
+
+    def increment(self, method=None, url=None, response=None, error=None, *args, **kwargs):
+        if isinstance(error, ReadTimeoutError):
+            raise error
+        if response is not None:
+            wait = self.get_retry_after(response)
+            if wait is not None and wait > self.max_retry_after:
+                raise RetryAfterTooLong(wait, response.status)
+        return super().increment(method, url, response, error, *args, **kwargs)
+
+
 class EnergyCap:
     """A client for one EnergyCAP environment and key."""
 
@@ -455,15 +508,30 @@ class EnergyCap:
         self.timeout = (connect_timeout, read_timeout)
         self.get_attempts = max(1, get_attempts)
         self.max_retry_after = max_retry_after
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
         self.assumed_zone = assumed_zone
         # requests reads the environment's proxy and CA settings (HTTPS_PROXY, NO_PROXY,
-        # REQUESTS_CA_BUNDLE) itself, on every call.
-        self.session = requests.Session()
-        self.session.headers.update(
+        # REQUESTS_CA_BUNDLE) itself, on every call. Two sessions with the same headers: GETs
+        # are retried by urllib3 (`GetRetry`), the POSTs never are, not even a connection
+        # that failed to open.
+        self.session = self._session(
+            GetRetry(
+                attempts=self.get_attempts,
+                max_retry_after=max_retry_after,
+                backoff_factor=backoff_base,
+                backoff_max=backoff_cap,
+            )
+        )
+        self.post_session = self._session(Retry(0, read=False, redirect=False))
+        self.scrubber = Scrubber([api_key, *self.session.headers.values()])
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
+
+    def _session(self, retries: Retry) -> requests.Session:
+        session = requests.Session()
+        session.headers.update(
             {
-                "ECI-ApiKey": api_key,
+                "ECI-ApiKey": self._api_key,
                 # EnergyCAP asks for this header on every request, GETs included.
                 "Content-Type": "application/json",
                 "Accept": "application/json",
@@ -471,13 +539,12 @@ class EnergyCap:
             }
         )
         # Enough kept-alive connections for every call that may run at once (requests keeps 10).
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=KEPT_CONNECTIONS)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
-        self.scrubber = Scrubber([api_key, *self.session.headers.values()])
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid = 0
-        self._pool_lock = threading.Lock()
+        adapter = HTTPAdapter(
+            pool_connections=1, pool_maxsize=KEPT_CONNECTIONS, max_retries=retries
+        )
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
 
     def __repr__(self) -> str:
         # Never show the key, not even in a traceback's local variables.
@@ -520,9 +587,6 @@ class EnergyCap:
 
     # -- transport --
 
-    def _backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
-
     def _request(
         self,
         method: str,
@@ -531,70 +595,56 @@ class EnergyCap:
         params: dict[str, Any] | None = None,
         body: dict | None = None,
     ) -> _Response:
-        url = self.base_url + path
-        attempts = self.get_attempts if method == "GET" else 1
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
-            started = time.monotonic()
-            try:
-                response = self.session.request(
-                    method,
-                    url,
-                    params=params,
-                    data=json.dumps(body) if body is not None else None,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                )
-            except requests.exceptions.ConnectTimeout:
-                error = Unavailable(
-                    "EnergyCAP could not be reached (the connection timed out).",
-                    request_sent=False,
-                    answer="timeout before sending",
-                )
-            except requests.exceptions.ReadTimeout:
-                logger.warning("EnergyCAP %s %s timed out", method, path)
-                raise TimedOut(
-                    f"EnergyCAP did not answer within {self.timeout[1]:g} seconds.",
-                    answer="timeout after sending",
-                ) from None
-            except requests.exceptions.ConnectionError as exc:
-                # A connection that could not be opened sent nothing; one that breaks
-                # later may have delivered the request (urllib3 hides whether it did).
-                answer = _connection_failure(exc)
-                error = Unavailable(
-                    CONNECTION_FAILURES[answer],
-                    request_sent=answer == "dropped after sending",
-                    answer=answer,
-                )
-            except requests.exceptions.RequestException:
-                raise Unavailable(
-                    "The request to EnergyCAP failed.", answer="dropped after sending"
-                ) from None
-            else:
-                elapsed = time.monotonic() - started
-                logger.info(
-                    "EnergyCAP %s %s -> %s in %.0f ms",
-                    method,
-                    path,
-                    response.status_code,
-                    elapsed * 1000,
-                )
-                if response.status_code in RETRYABLE_STATUSES and method == "GET" and not last:
-                    wait = _retry_after_seconds(response)
-                    if wait is not None and wait > self.max_retry_after:
-                        raise Unavailable(
-                            f"EnergyCAP is rate limiting requests and asked to wait "
-                            f"{wait:.0f} seconds; try again later.",
-                            status_code=response.status_code,
-                        )
-                    time.sleep(wait if wait is not None else self._backoff(attempt))
-                    continue
-                return self._handle(response)
-            # Connection errors: only GETs, and only when attempts remain.
-            if last or method != "GET":
-                raise error
-            time.sleep(self._backoff(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+        session = self.session if method == "GET" else self.post_session
+        started = time.monotonic()
+        try:
+            response = session.request(
+                method,
+                self.base_url + path,
+                params=params,
+                data=json.dumps(body) if body is not None else None,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except RetryAfterTooLong as exc:
+            raise Unavailable(
+                f"EnergyCAP is rate limiting requests and asked to wait {exc.seconds:.0f} "
+                "seconds; try again later.",
+                status_code=exc.status_code,
+            ) from None
+        except requests.exceptions.ConnectTimeout:
+            raise Unavailable(
+                "EnergyCAP could not be reached (the connection timed out).",
+                request_sent=False,
+                answer="timeout before sending",
+            ) from None
+        except requests.exceptions.ReadTimeout:
+            logger.warning("EnergyCAP %s %s timed out", method, path)
+            raise TimedOut(
+                f"EnergyCAP did not answer within {self.timeout[1]:g} seconds.",
+                answer="timeout after sending",
+            ) from None
+        except requests.exceptions.ConnectionError as exc:
+            # A connection that could not be opened sent nothing; one that breaks
+            # later may have delivered the request (urllib3 hides whether it did).
+            answer = _connection_failure(exc)
+            raise Unavailable(
+                CONNECTION_FAILURES[answer],
+                request_sent=answer == "dropped after sending",
+                answer=answer,
+            ) from None
+        except requests.exceptions.RequestException:
+            raise Unavailable(
+                "The request to EnergyCAP failed.", answer="dropped after sending"
+            ) from None
+        logger.info(
+            "EnergyCAP %s %s -> %s in %.0f ms",
+            method,
+            path,
+            response.status_code,
+            (time.monotonic() - started) * 1000,
+        )
+        return self._handle(response)
 
     def _handle(self, response: requests.Response) -> _Response:
         status = response.status_code
@@ -831,13 +881,17 @@ def _connection_failure(exc: requests.exceptions.ConnectionError) -> str:
     written; once it is open, a reset or close does not say whether the request was
     written before it, so it counts as after (the safe side).
     """
-    text = repr(exc.args[0] if exc.args else exc)
-    if "NameResolutionError" in text or "Connection refused" in text:
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    if isinstance(reason, NameResolutionError):
         return "connection refused"
-    if "ConnectTimeoutError" in text:
+    # urllib3's NewConnectionError is a kind of ConnectTimeoutError: ask for it first.
+    if isinstance(reason, NewConnectionError):
+        refused = isinstance(reason.__cause__, ConnectionRefusedError)
+        return "connection refused" if refused else "dropped before sending"
+    if isinstance(reason, ConnectTimeoutError):
         return "timeout before sending"
-    if "NewConnectionError" in text:
-        return "dropped before sending"
     return "dropped after sending"
 
 
