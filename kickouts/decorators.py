@@ -8,8 +8,8 @@ from functools import wraps
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponse
 from django.shortcuts import resolve_url
+from django_htmx.http import HttpResponseClientRedirect
 
 logger = logging.getLogger("kickouts.access")
 
@@ -25,9 +25,7 @@ def login_required(view):
         if getattr(request, "htmx", False):
             login = resolve_url(settings.LOGIN_URL)
             current = request.htmx.current_url_abs_path or request.get_full_path()
-            response = HttpResponse(status=204)
-            response["HX-Redirect"] = redirect_to_login(current, login)["Location"]
-            return response
+            return HttpResponseClientRedirect(redirect_to_login(current, login)["Location"])
         return redirect_to_login(request.get_full_path())
 
     return wrapper
