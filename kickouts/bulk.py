@@ -31,7 +31,7 @@ from .history_filters import forget_people_with_retries
 from .models import DuplicateToken, Outcome, RetryAttempt, RetryInFlight, send_lease
 from .payloads import Task
 from .queue_models import ImportSnapshot, SnapshotState
-from .retries import Recheck, latest_import_of, send_started_retry
+from .retries import Recheck, send_started_retry
 
 
 def selected_guids(data) -> list[str]:
@@ -132,7 +132,7 @@ def review_imports(user, guids: list[str], answers: list[Answer], data=None) -> 
         elif guid in in_flight:
             candidate.reason = "Another retry of this import is being sent."
         else:
-            candidate.earlier = latest_import_of(guid)
+            candidate.earlier = RetryAttempt.objects.latest_import_of(guid)
             if candidate.earlier is not None:
                 if not may_repeat:
                     candidate.reason = (

@@ -100,6 +100,18 @@ class RetryAttemptQuerySet(models.QuerySet):
     def may_have_imported(self) -> RetryAttemptQuerySet:
         return self.filter(outcome__in=MAY_HAVE_IMPORTED)
 
+    def latest_import_of(self, task_guid: str) -> RetryAttempt | None:
+        """The newest retry of this task that may have imported its kickouts (a record left
+        "submitting" by a process that died is settled first, once its lease has passed)."""
+        expire_stale_submissions(self.filter(source_task_guid=task_guid))
+        return (
+            self.filter(source_task_guid=task_guid)
+            .may_have_imported()
+            .select_related("requested_by")
+            .order_by("-duplicate_sequence", "-requested_at")
+            .first()
+        )
+
     def summary_by_source(self, guids: list[str]) -> dict[str, RetrySummary]:
         """Retry count and latest outcome per source task, in one query."""
         summaries: dict[str, RetrySummary] = {}

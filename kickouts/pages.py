@@ -9,7 +9,8 @@ from functools import partial
 
 from . import choices, energycap, snapshots
 from .energycap import Answer, EnergyCapError
-from .forms import BatchChoices
+from .forms import BatchChoices, RetryForm
+from .models import RetryAttempt
 from .payloads import KickoutGrid, KickoutSummary, Task
 
 
@@ -25,11 +26,24 @@ class Kickouts:
 @dataclass(frozen=True)
 class TaskPageData:
     """A task page (and each step of its retry form): the task, its kickouts and the retry
-    form's choices, each a value or the typed error that kept it from the page."""
+    form's choices, each a value or the typed error that kept it from the page, and the
+    earlier retry that may have imported its kickouts already."""
 
     task: Task
     kickouts: Kickouts | EnergyCapError | None  # None: not a bill import, or not asked for
     choices: BatchChoices | EnergyCapError | None  # None: not asked for (no retry form)
+    earlier_retry: RetryAttempt | None = None
+
+    def retry_form(self, data=None, *, user, initial=None, choices=None) -> RetryForm:
+        """The retry form for this task: its rules checked against the loaded choices (or
+        `choices`, when EnergyCAP could not give them) and the earlier retry."""
+        return RetryForm(
+            data,
+            initial=initial,
+            choices=choices or self.choices,
+            earlier_retry=self.earlier_retry,
+            may_repeat=user.has_perm("kickouts.confirm_duplicate_retry"),
+        )
 
 
 def load_task_page(
@@ -44,7 +58,7 @@ def load_task_page(
     needed = choices.choice_calls(api) if with_choices else None
     calls = [partial(api.get_task, guid)]
     if ask_kickouts:
-        calls += snapshots.kickout_calls(api, guid)
+        calls += [partial(api.kickout_summary, guid), partial(api.kickout_detail, guid)]
     if needed is not None:
         calls += needed.calls()
     task_answer, *answers = api.at_once(*calls)
@@ -56,7 +70,10 @@ def load_task_page(
     kickouts = None
     if with_kickouts and task.is_bill_import:
         kickouts = _kickouts(api, task, stored, answered, message)
-    return TaskPageData(task=task, kickouts=kickouts, choices=_choices(needed, answers))
+    earlier = RetryAttempt.objects.latest_import_of(task.guid) if with_choices else None
+    return TaskPageData(
+        task=task, kickouts=kickouts, choices=_choices(needed, answers), earlier_retry=earlier
+    )
 
 
 def _kickouts(api, task: Task, stored, answered, message: str) -> Kickouts | EnergyCapError:

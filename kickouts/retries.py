@@ -11,35 +11,12 @@ from django.db import transaction
 
 from . import energycap, follow_up, snapshots
 from .energycap import EnergyCapError, ReimportAnswer, Verdict
-from .forms import BatchChoices, RetryForm
+from .forms import RetryForm
 from .history_filters import forget_people_with_retries
-from .models import RetryAttempt, expire_stale_submissions
+from .models import RetryAttempt
 from .payloads import Task
 
 logger = logging.getLogger(__name__)
-
-
-def latest_import_of(task_guid: str) -> RetryAttempt | None:
-    """The newest retry of this task that may have imported its kickouts (a record left
-    "submitting" by a process that died is settled first, once its lease has passed)."""
-    expire_stale_submissions(RetryAttempt.objects.filter(source_task_guid=task_guid))
-    return (
-        RetryAttempt.objects.filter(source_task_guid=task_guid)
-        .may_have_imported()
-        .select_related("requested_by")
-        .order_by("-duplicate_sequence", "-requested_at")
-        .first()
-    )
-
-
-def build_retry_form(data, *, user, task: Task, choices: BatchChoices, initial=None) -> RetryForm:
-    return RetryForm(
-        data,
-        initial=initial,
-        choices=choices,
-        earlier_retry=latest_import_of(task.guid),
-        may_repeat=user.has_perm("kickouts.confirm_duplicate_retry"),
-    )
 
 
 def submit_kickout_retry(

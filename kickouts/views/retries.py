@@ -15,14 +15,14 @@ from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
 from .. import energycap, follow_up, lineage, pages
-from ..choices import api_user, unavailable_batch_choices
+from ..choices import api_user
 from ..decorators import login_required, permission_required
 from ..energycap import EnergyCapError, NotFound
 from ..follow_up_models import FollowState
 from ..forms import SMART_LOOKUP_FAILED, BatchChoices, RetryForm
 from ..models import DuplicateToken, RetryAttempt, RetryInFlight, UserSettings
 from ..payloads import Task
-from ..retries import build_retry_form, submit_kickout_retry
+from ..retries import submit_kickout_retry
 from . import reconcile
 from .common import HtmxHttpRequest, ascii_number, visible_attempt
 from .tasks import chosen_message, kickout_context, retry_context
@@ -42,9 +42,7 @@ class OpenRetry:
     data: pages.TaskPageData
 
     def form(self, request, data=None, initial=None) -> RetryForm:
-        return build_retry_form(
-            data, user=request.user, task=self.task, choices=self.choices, initial=initial
-        )
+        return self.data.retry_form(data, user=request.user, initial=initial, choices=self.choices)
 
 
 @require_http_methods(["GET", "POST"])
@@ -78,22 +76,14 @@ def _open_retry(request, guid: str, *, with_kickouts: bool) -> OpenRetry | HttpR
         return render(request, "kickouts/task_missing.html", {"guid": guid}, status=404)
     except EnergyCapError as exc:
         return _render_panel(request, None, {"guid": guid, "retry_error": exc})
-    task = data.task
-    context = {"guid": guid, "task": task}
-    if not task.can_retry_kickouts:
-        # Also the answer to a forged POST: nothing is sent.
-        context.update(retry_context(request, task, data.choices))
-        status = 200 if request.htmx else 409
-        return _render_panel(request, data, context, status=status)
-    if isinstance(data.choices, EnergyCapError):
-        # Keep what the clerk entered, beside the message, to send once EnergyCAP answers.
-        context["retry_error"] = data.choices
-        if request.method == "POST":
-            context["form"] = OpenRetry(task, unavailable_batch_choices(), context, data).form(
-                request, initial=request.POST.dict()
-            )
-        return _render_panel(request, data, context)
-    return OpenRetry(task, data.choices, context, data)
+    context = {"guid": guid, "task": data.task}
+    if data.task.can_retry_kickouts and not isinstance(data.choices, EnergyCapError):
+        return OpenRetry(data.task, data.choices, context, data)
+    # Not retryable (also the answer to a forged POST: nothing is sent), or EnergyCAP's
+    # batches could not be read: the panel says why, keeping what the clerk entered.
+    context.update(retry_context(request, data))
+    status = 409 if not data.task.can_retry_kickouts and not request.htmx else 200
+    return _render_panel(request, data, context, status=status)
 
 
 def choose(request, retry: OpenRetry) -> HttpResponse:

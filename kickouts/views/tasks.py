@@ -8,12 +8,12 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from .. import energycap, handled, lineage, pages, snapshots
+from ..choices import unavailable_batch_choices
 from ..decorators import login_required
 from ..energycap import EnergyCapError, NotFound
-from ..forms import INT32_MAX, BatchChoices
+from ..forms import INT32_MAX
 from ..models import RetryAttempt
 from ..queue_models import ImportSnapshot
-from ..retries import build_retry_form
 from .common import PERIODS, HtmxHttpRequest, ascii_number, positive_int
 
 # No 250: its rows took a quarter of an EnergyCAP round trip to render (see the README).
@@ -100,7 +100,7 @@ def task_detail(request: HtmxHttpRequest, guid: str) -> HttpResponse:
     context = {"guid": guid, "task": data.task, "error": None}
     context.update(kickout_context(request, data))
     context.update(handled.panel_context(request, guid))
-    context.update(retry_context(request, data.task, data.choices))
+    context.update(retry_context(request, data))
     context["lineage"] = lineage.for_task(guid)
     return render(request, "kickouts/task_detail.html", context)
 
@@ -133,8 +133,9 @@ def kickout_context(request, data: pages.TaskPageData) -> dict:
     }
 
 
-def retry_context(request, task, choices: BatchChoices | EnergyCapError | None) -> dict:
+def retry_context(request, data: pages.TaskPageData) -> dict:
     """What the retry panel beside the kickouts shows: the form, or why there is none."""
+    task, choices = data.task, data.choices
     if not task.can_retry_kickouts:
         return {"retry_unavailable": _why_no_retry(task)}
     if not may_retry(request.user):
@@ -145,7 +146,13 @@ def retry_context(request, task, choices: BatchChoices | EnergyCapError | None) 
             )
         }
     if isinstance(choices, EnergyCapError):
-        return {"retry_error": choices}
+        if request.method != "POST":
+            return {"retry_error": choices}
+        # Keep what the clerk entered, beside the message, to send once EnergyCAP answers.
+        kept = data.retry_form(
+            user=request.user, initial=request.POST.dict(), choices=unavailable_batch_choices()
+        )
+        return {"retry_error": choices, "form": kept}
     initial = {"batch_mode": request.GET.get("batch_mode", "")[:40]}
     again = ascii_number(request.GET.get("again"), maximum=INT32_MAX)
     if again is not None:
@@ -157,8 +164,7 @@ def retry_context(request, task, choices: BatchChoices | EnergyCapError | None) 
         )
         if earlier is not None:
             initial = earlier.form_initial()
-    form = build_retry_form(None, user=request.user, task=task, choices=choices, initial=initial)
-    return {"form": form}
+    return {"form": data.retry_form(user=request.user, initial=initial)}
 
 
 def _why_no_retry(task) -> str:
