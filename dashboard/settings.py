@@ -118,6 +118,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Last, so its 400 passes back through the security headers above.
+    "kickouts.middleware.RefuseNulCharacters",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -215,7 +217,8 @@ AUTH_PASSWORD_VALIDATORS = [
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "task_list"
+# The day starts on the kickout queue (README, "The day's work starts on Kickouts").
+LOGIN_REDIRECT_URL = "queue"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
