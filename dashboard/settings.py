@@ -135,6 +135,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "kickouts.context_processors.energycap",
+                "kickouts.context_processors.decisions_waiting",
             ],
         },
     },
