@@ -136,6 +136,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "kickouts.context_processors.energycap",
                 "kickouts.context_processors.decisions_waiting",
+                "kickouts.context_processors.back_to_group",
             ],
         },
     },

@@ -197,6 +197,7 @@ class RetryForm(forms.Form):
             no_batch = f"The only open batch of {api_user}"
         else:
             no_batch = "Choose an open batch"
+            self.fields["existing_open_batch_id"].help_text = "The open batch the bills go into."
         self.fields["existing_open_batch_id"].widget.choices = [("", no_batch)] + [
             (b.batch_id, _batch_label(b)) for b in choices.open_batches
         ]
