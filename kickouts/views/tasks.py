@@ -10,7 +10,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
 
-from .. import energycap, lineage, snapshots
+from .. import energycap, lineage, roles, snapshots
 from .. import tasks as background
 from ..decorators import login_required
 from ..energycap import Answers, EnergyCapError, NotFound
@@ -185,7 +185,7 @@ def retry_context(request, task, answers: Answers | None = None) -> dict:
     if not may_retry(request.user):
         return {
             "retry_unavailable": (
-                "Retrying kickouts needs the AP staff or Supervisors role; ask an "
+                f"Retrying kickouts needs the {roles.in_words()} role; ask an "
                 "administrator to add you to one of them."
             )
         }
