@@ -72,7 +72,7 @@ def test_an_import_the_dashboard_marked_handled_says_so_on_its_page_and_in_the_q
     assert "re-imported</strong> by the dashboard" in task_page.content.decode()
     handled = clerk_client.get(reverse("queue"), {"show": "handled", "period": "90"})
     assert handled.status_code == 200
-    assert "<td>the dashboard, <time" in handled.content.decode()
+    assert '<td data-label="By">the dashboard, <time' in handled.content.decode()
 
 
 @pytest.fixture
