@@ -5,7 +5,12 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PORT ?= 8765
+# Where `make run` serves the dashboard: `make run DASHBOARD_PORT=8001`.
+DASHBOARD_HOST ?= 127.0.0.1
+DASHBOARD_PORT ?= 8000
+# The built-in EnergyCAP sandbox's port, for `make run` (which starts it) and `make sandbox`
+# (which runs it alone); settings.py reads it as ENERGYCAP_SANDBOX_PORT.
+SANDBOX_PORT ?= $(or $(ENERGYCAP_SANDBOX_PORT),8765)
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 # Production-like values for `check --deploy` (never real secrets).
@@ -13,13 +18,19 @@ DEPLOY_ENV := DEBUG=false SECRET_KEY=deploy-check-$$(date +%s)-a-long-random-loo
 	ENERGYCAP_BASE_URL=https://app.energycap.com ENERGYCAP_API_KEY=deploy-check \
 	ALLOWED_HOSTS=kickouts.example.com
 
-.PHONY: run sandbox test test-sqlite test-postgres lint deploy-check install browser bench clean
+.PHONY: run sandbox next-reimport test test-sqlite test-postgres lint deploy-check install browser bench clean
 
 run: install
-	DEBUG=true $(BIN)/python manage.py rundashboard
+	DEBUG=true ENERGYCAP_SANDBOX_PORT=$(SANDBOX_PORT) $(BIN)/python manage.py rundashboard \
+		--addrport $(DASHBOARD_HOST):$(DASHBOARD_PORT)
 
 sandbox: install
-	DEBUG=true $(BIN)/python manage.py sandbox --port $(PORT)
+	DEBUG=true $(BIN)/python manage.py sandbox --port $(SANDBOX_PORT)
+
+# While `make run` runs: spoil the answer to the next re-import, e.g.
+# `make next-reimport ANSWER=502` (or timeout, lost, refused; add --before-acting).
+next-reimport: install
+	DEBUG=true ENERGYCAP_SANDBOX_PORT=$(SANDBOX_PORT) $(BIN)/python manage.py sandbox_next_reimport $(ANSWER)
 
 test: install browser lint test-sqlite test-postgres deploy-check
 

@@ -18,6 +18,7 @@ from django.contrib.auth.hashers import make_password
 from django.core.management import call_command
 from django.db import connection, transaction
 
+from kickouts import roles
 from kickouts.models import FollowUp, RetryAttempt
 from kickouts.roles import ensure_roles
 
@@ -74,7 +75,7 @@ def ensure_people() -> dict[str, int]:
         defaults["is_superuser"] = admin
         user, _ = get_user_model().objects.update_or_create(username=name, defaults=defaults)
         if name != ADMIN:
-            user.groups.set([groups["Supervisors" if name in SUPERVISORS else "AP staff"]])
+            user.groups.set([groups[roles.SUPERVISORS if name in SUPERVISORS else roles.AP_STAFF]])
         ids[name] = user.pk
     return ids
 

@@ -9,47 +9,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, quote_plus
 
+from kickouts.scrubbing import Scrubber
+
+# Sentry's own word for a scrubbed value.
 FILTERED = "[Filtered]"
 
 Event = dict[str, Any]
 
 
-def _forms(secret: str) -> list[str]:
-    # The key as written, and as it would appear inside a URL or a form body.
-    return sorted({secret, quote(secret, safe=""), quote_plus(secret)}, key=len, reverse=True)
-
-
 def scrub(value: Any, secret: str) -> Any:
-    """`value` with every occurrence of `secret` replaced by "[Filtered]", keys included."""
+    """`value` with every occurrence of `secret` replaced by "[Filtered]", keys included
+    (the app's one scrubber, `kickouts.scrubbing.Scrubber`)."""
     if not secret:
         return value
-    forms = _forms(secret)
-
-    def clean(item: Any) -> Any:
-        if isinstance(item, str):
-            for form in forms:
-                item = item.replace(form, FILTERED)
-            return item
-        if isinstance(item, bytes):
-            for form in forms:
-                item = item.replace(form.encode(), FILTERED.encode())
-            return item
-        if isinstance(item, dict):
-            return {clean(key): clean(inner) for key, inner in item.items()}
-        if isinstance(item, list | tuple | set | frozenset):
-            return type(item)(clean(inner) for inner in item)
-        return item
-
-    return clean(value)
+    return Scrubber([secret], replacement=FILTERED).data(value, keys=True)
 
 
 def make_before_send(api_key: str) -> Callable[[Event, dict], Event]:
     """Sentry's `before_send`: the whole event, scrubbed of the key's value."""
+    scrubber = Scrubber([api_key], replacement=FILTERED)
 
     def before_send(event: Event, hint: dict) -> Event:
-        return scrub(event, api_key)
+        return scrubber.data(event, keys=True)
 
     return before_send
 

@@ -124,6 +124,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Last, so its 400 passes back through the security headers above.
+    "kickouts.middleware.RefuseNulCharacters",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -139,6 +141,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "kickouts.context_processors.energycap",
+                "kickouts.context_processors.decisions_waiting",
+                "kickouts.context_processors.back_to_group",
             ],
         },
     },
@@ -221,7 +225,8 @@ AUTH_PASSWORD_VALIDATORS = [
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "task_list"
+# The day starts on the kickout queue (README, "The day's work starts on Kickouts").
+LOGIN_REDIRECT_URL = "queue"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"

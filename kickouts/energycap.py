@@ -7,8 +7,9 @@ POST would re-import the same bills twice. What each answer to that POST proves
 is one table, `REIMPORT_ANSWERS`.
 
 Every text that comes back (bodies, error messages, task messages, notes) is
-scrubbed of the key and of every request header's value here, before it is
-parsed, so nothing downstream can show, log or store them.
+scrubbed of the key, of every request header's value and of NUL characters here
+(`kickouts.scrubbing`), before it is parsed, so nothing downstream can show, log
+or store them.
 
 Independent calls run concurrently with `EnergyCap.at_once`, on a small thread pool of
 the client's own: a page that needs five answers waits about one round trip, not five.
@@ -53,6 +54,7 @@ from .payloads import (
     Page,
     Task,
 )
+from .scrubbing import Scrubber
 
 logger = logging.getLogger(__name__)
 
@@ -341,57 +343,6 @@ class _Response:
     data: Any
 
 
-REDACTED = "[redacted]"
-_UNICODE_ESCAPE_RE = re.compile(r"\\u([0-9a-fA-F]{4})")
-
-
-class Scrubber:
-    """Replaces secrets (the key, every request header's value) in upstream text.
-
-    Gateways, WAFs and some APIs echo the request headers into their error pages; a task
-    message or note can quote them too. Scrubbing the body's text before it is parsed
-    covers every message, payload, log line and stored record made from it.
-    """
-
-    def __init__(self, secrets: Iterable[str]):
-        forms: set[str] = set()
-        for secret in secrets:
-            if not secret:
-                continue
-            # As written, and as a JSON string would carry it (escaped, or \u-escaped).
-            escaped = json.dumps(secret, ensure_ascii=False)[1:-1]
-            forms.update({secret, escaped, escaped.replace("/", "\\/")})
-            forms.add(json.dumps(secret)[1:-1])
-        # Longest first, so a secret that contains another is replaced whole.
-        self.secrets = sorted(forms, key=len, reverse=True)
-
-    def text(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
-
-    def hides_a_secret(self, text: str) -> bool:
-        r"""Whether JSON text carries a secret, as written or spelled with \u escapes."""
-        if any(secret in text for secret in self.secrets):
-            return True
-        if "\\u" not in text:
-            return False
-        unescaped = _UNICODE_ESCAPE_RE.sub(lambda m: chr(int(m[1], 16)), text)
-        return any(secret in unescaped for secret in self.secrets)
-
-    def data(self, data: Any) -> Any:
-        """Every string value in parsed JSON. Keys are names the parsers look up, not text
-        anyone is shown; scrubbing them would turn `taskGUId` into nonsense for a short key."""
-        if isinstance(data, str):
-            return self.text(data)
-        if isinstance(data, list):
-            return [self.data(item) for item in data]
-        if isinstance(data, dict):
-            return {key: self.data(value) for key, value in data.items()}
-        return data
-
-
 def _upstream_message(response: requests.Response, scrubber: Scrubber) -> str:
     """The error body's `message` when there is one; never raw HTML."""
     try:
@@ -418,12 +369,14 @@ def _text(response: requests.Response) -> str:
 
 
 def _json(response: requests.Response, scrubber: Scrubber) -> Any:
-    """The answer's JSON with every secret scrubbed from its strings; ValueError when it is not
-    JSON. Parsed first, then scrubbed, so a secret can never break the JSON's structure; the
-    walk over the parsed data happens only when the text carries a secret at all."""
+    """The answer's JSON with every secret and NUL character scrubbed from its strings (and
+    NULs from its keys); ValueError when it is not JSON. This is where upstream text enters:
+    everything stored or shown is made from it. Parsed first, then scrubbed, so a secret can
+    never break the JSON's structure; the walk over the parsed data happens only when the
+    text carries a secret or a NUL at all."""
     text = _text(response)
     data = json.loads(text)
-    return scrubber.data(data) if scrubber.hides_a_secret(text) else data
+    return scrubber.data(data) if scrubber.needs_scrubbing(text) else data
 
 
 def _retry_after_seconds(response: requests.Response) -> float | None:

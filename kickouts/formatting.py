@@ -1,4 +1,4 @@
-"""What table cells show: moments, status badges and bill counts (kickouts_tags)."""
+"""What table cells show: moments, status badges, bill counts and people (kickouts_tags)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,14 @@ def bill_counts(task) -> str:
         "–" if count is None else str(count)
         for count in (task.current_success_count, task.analyzing_count, task.unresolved_flag_count)
     )
+
+
+# Who made a change the dashboard made by itself (a failed re-import reopening its source).
+DASHBOARD = "the dashboard"
+
+
+def person(user) -> str:
+    """Who did something: a user's full name, else their login; "the dashboard" for none."""
+    if not user:
+        return DASHBOARD
+    return user.get_full_name() or user.get_username()

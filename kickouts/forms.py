@@ -190,10 +190,20 @@ class RetryForm(forms.Form):
         self.smart_batch_path: str = ""
         self.smart_path: SmartPath | None = None
         self.target_batch: Batch | None = None
-        api_user = choices.api_user.full_name or "the API user"
-        self.fields["existing_open_batch_id"].widget.choices = [
-            ("", f"The only open batch of {api_user}")
-        ] + [(b.batch_id, _batch_label(b)) for b in choices.open_batches]
+        # Never preselect what EnergyCAP would refuse: "no batch chosen" means the API user's
+        # only open batch, so it is offered as that only when there is exactly one.
+        if len(choices.own_open_batches) == 1:
+            api_user = choices.api_user.full_name or "the API user"
+            no_batch = f"The only open batch of {api_user}"
+        else:
+            no_batch = "Choose an open batch"
+            self.fields["existing_open_batch_id"].help_text = "The open batch the bills go into."
+        self.fields["existing_open_batch_id"].widget.choices = [("", no_batch)] + [
+            (b.batch_id, _batch_label(b)) for b in choices.open_batches
+        ]
+        if self.closing_first_refused():
+            # Unticked would be refused (see `clean_new_batch`): start ticked.
+            self.initial["leave_existing_batches_open"] = True
         self.fields["pending_batch_id"].widget.choices = [("", "Choose a pending batch")] + [
             (b.batch_id, _batch_label(b)) for b in choices.pending_batches
         ]
@@ -282,6 +292,10 @@ class RetryForm(forms.Form):
             )
         self._clean_duplicate(data)
         return data
+
+    def closing_first_refused(self) -> bool:
+        """Whether "new batch" with Leave existing batches open unticked is refused."""
+        return len(self.choices.own_open_batches) > 1
 
     def _api_user_name(self) -> str:
         return self.choices.api_user.full_name or "The API user"
@@ -504,8 +518,11 @@ class BulkRetryForm(RetryForm):
     (kickouts/bulk.py), so the single form's duplicate check is not used here."""
 
     def __init__(self, *args, import_count: int, **kwargs):
+        self.import_count = import_count  # read by the single form's __init__
         super().__init__(*args, **kwargs)
-        self.import_count = import_count
+
+    def closing_first_refused(self) -> bool:
+        return super().closing_first_refused() or self.import_count > 1
 
     def clean_new_batch(self, data: dict) -> None:
         super().clean_new_batch(data)

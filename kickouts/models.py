@@ -230,6 +230,14 @@ class RetryAttempt(models.Model):
                 condition=Q(outcome="submitting"),
                 name="retry_submitting",
             ),
+            # "Outcome unknown" retries waiting for a supervisor's decision: the navigation's
+            # badge counts them on every page a supervisor opens, and their list reads them
+            # oldest first (kickouts/reconcile.py, `waiting_for_decision`).
+            models.Index(
+                fields=["requested_at", "id"],
+                condition=Q(outcome="unknown", reconciled=""),
+                name="retry_waiting_decision",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 
 from . import energycap, follow_up
 from .choices import api_user
@@ -43,6 +44,23 @@ class Candidate:
     likely: bool
     # Another retry already linked to (or submitted with) this task.
     taken_by: int | None
+
+
+def waiting_for_decision() -> QuerySet[RetryAttempt]:
+    """The "outcome unknown" retries no supervisor has decided yet, oldest first (one partial
+    index holds exactly these: `retry_waiting_decision`)."""
+    return RetryAttempt.objects.filter(
+        outcome=Outcome.UNKNOWN, reconciled=Reconciled.UNDECIDED
+    ).order_by("requested_at", "id")
+
+
+def waiting_count() -> int:
+    """How many wait: the navigation's badge for supervisors (one COUNT on that index)."""
+    return waiting_for_decision().order_by().count()
+
+
+def is_waiting(attempt: RetryAttempt) -> bool:
+    return attempt.outcome == Outcome.UNKNOWN and attempt.reconciled == Reconciled.UNDECIDED
 
 
 def window(attempt: RetryAttempt):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+AP_STAFF = "AP staff"
+SUPERVISORS = "Supervisors"
+
+# Each role's group name and its permissions: the one list of roles.
 ROLES = {
-    "AP staff": ["submit_retry", "mark_handled"],
-    "Supervisors": [
+    AP_STAFF: ["submit_retry", "mark_handled"],
+    SUPERVISORS: [
         "submit_retry",
         "view_all_retries",
         "confirm_duplicate_retry",
@@ -13,6 +17,19 @@ ROLES = {
         "reconcile_retry",
     ],
 }
+
+
+# `manage.py adduser --role …`: each role by its command-line name (none: no role).
+ROLE_OPTIONS: dict[str, str | None] = {
+    "ap-staff": AP_STAFF,
+    "supervisor": SUPERVISORS,
+    "none": None,
+}
+
+
+def in_words(joiner: str = "or") -> str:
+    """The roles' names for a sentence: "AP staff or Supervisors"."""
+    return f" {joiner} ".join(ROLES)
 
 
 def ensure_roles(group_model=None, permission_model=None) -> dict:

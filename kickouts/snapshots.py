@@ -19,6 +19,7 @@ from functools import partial
 
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 from django_tasks import task
 
@@ -329,9 +330,35 @@ def take_snapshots(guids: Iterable[str], *, max_in_flight: int = MAX_IN_FLIGHT) 
                 fetched = future.result()
                 if fetched.error:
                     logger.warning("Kickouts of %s not fetched: %s", fetched.guid, fetched.error)
-                if store(fetched) is not None:
+                if _store_apart(fetched) is not None:
                     stored += 1
     return stored
+
+
+STORE_FAILED = (
+    "The dashboard could not store this import's kickouts ({error}); it tries again with the "
+    "next listing. The worker's log has the details."
+)
+
+
+def _store_apart(fetched: Fetched) -> ImportSnapshot | None:
+    """`store`, with whatever goes wrong kept to this import: it is recorded as failed (and
+    tried again with the next listing) and the others of the batch still load."""
+    try:
+        # A savepoint: a database error leaves the caller's transaction usable.
+        with transaction.atomic():
+            return store(fetched)
+    except Exception as exc:  # noqa: BLE001 - one bad import must not stop the others
+        logger.exception("Kickouts of %s not stored", fetched.guid)
+        ImportSnapshot.objects.filter(task_guid=fetched.guid).exclude(
+            state=SnapshotState.READY
+        ).update(
+            state=SnapshotState.FAILED,
+            fetch_error=STORE_FAILED.format(error=type(exc).__name__),
+            fetched_at=timezone.now(),
+            version=F("version") + 1,
+        )
+        return None
 
 
 def snapshot_period(days: int, full_name: str = "") -> tuple[int, int]:

@@ -856,4 +856,6 @@ def accepts_corrected_file(view: Callable) -> Callable:
             limit_upload(request)
         return protected(request, *args, **kwargs)
 
+    # Outer decorators copy it (functools.wraps): the NUL middleware leaves the body alone.
+    wrapped.reads_its_own_body = True  # type: ignore[attr-defined]
     return wrapped

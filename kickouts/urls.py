@@ -13,6 +13,7 @@ urlpatterns = [
     path("retries/<int:pk>/", retries.retry_detail, name="retry_detail"),
     path("retries/<int:pk>/status/", retries.status_panel, name="status_panel"),
     path("retries/<int:pk>/reconcile/", reconcile.decide, name="reconcile_retry"),
+    path("retries/waiting/", reconcile.waiting_for_decision, name="waiting_for_decision"),
     path("bulk/", bulk.bulk_form, name="bulk_form"),
     path("bulk/<int:pk>/", bulk.bulk_detail, name="bulk_detail"),
     path("bulk/<int:pk>/cancel/", bulk.bulk_cancel, name="bulk_cancel"),

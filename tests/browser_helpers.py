@@ -80,17 +80,26 @@ class PageWatch:
 
 
 def sign_in(page: Page, base_url: str, user) -> None:
-    """Through the real sign-in form, as the user would."""
+    """Through the real sign-in form, as the user would; the day starts on Kickouts."""
     page.goto(f"{base_url}/accounts/login/")
     page.fill("#id_username", user.get_username())
     page.fill("#id_password", PASSWORD)
     page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Kickouts", exact=True)).to_be_visible()
+
+
+def open_bill_imports(page: Page) -> None:
+    """The task list, through the navigation."""
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Bill imports").click()
     expect(page.get_by_role("heading", name="Bill imports")).to_be_visible()
 
 
 def choose_mode(page: Page, mode: str) -> None:
     """Tick a batch mode and wait until htmx has swapped in that mode's fields."""
-    with page.expect_response(lambda r: "/retry/" in r.url and r.request.method == "POST"):
+    # The single form and the bulk form alike: the radio posts the form with action=choose.
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and "action=choose" in (r.request.post_data or "")
+    ):
         page.check(f'input[name="batch_mode"][value="{mode}"]')
     # htmx swaps after the response arrives; the radio is enabled again once it has settled.
     expect(page.locator(f'input[name="batch_mode"][value="{mode}"]')).to_be_enabled()

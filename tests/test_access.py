@@ -75,6 +75,11 @@ EXPECTED: dict[str, dict[str, dict[str, int]] | str] = {
     "reconcile_retry": {
         "POST": {"outsider": 403, "clerk": 403, "other_clerk": 403, "supervisor": 302}
     },
+    # The "outcome unknown" retries waiting for a decision: for those who may decide.
+    "waiting_for_decision": {
+        "GET": {**dict.fromkeys(ROLES, 403), "supervisor": 200},
+        "HTMX": {**dict.fromkeys(ROLES, 403), "supervisor": 200},
+    },
     "user_settings": {
         "GET": EVERYONE,
         "HTMX": EVERYONE,

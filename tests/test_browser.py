@@ -19,6 +19,7 @@ from .browser_helpers import (
     SERVER_TIME,
     PageWatch,
     choose_mode,
+    open_bill_imports,
     sign_in,
 )
 from .conftest import signed_in_client
@@ -85,6 +86,7 @@ def test_a_clerk_signs_in_and_sees_the_recent_bill_imports(
 ):
     """The task list: rows, status badges, the sandbox marker, times in the browser's zone."""
     sign_in(page, live_server.url, clerk)
+    open_bill_imports(page)
     rows = page.locator("table.tasks tbody tr")
     assert rows.count() > 10
     expect(page.locator("table.tasks .badge").first).not_to_have_text("")
@@ -198,6 +200,7 @@ def test_a_task_note_with_a_script_tag_is_shown_as_text(page, watch, live_server
         kickout_messages=["<img src=x onerror=alert(1)>"],
     )
     sign_in(page, live_server.url, clerk)
+    open_bill_imports(page)
     expect(page.locator("table.tasks")).to_contain_text("<script>alert('x')</script>")
 
     _task_page(page, task["taskGUId"])

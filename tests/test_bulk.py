@@ -16,7 +16,7 @@ from kickouts.bulk_models import BulkLine, BulkRetry, BulkState, LineState
 from kickouts.models import Outcome, RetryAttempt
 
 from . import test_browser, test_worker
-from .browser_helpers import sign_in
+from .browser_helpers import choose_mode, open_bill_imports, sign_in
 from .test_worker import wait_for
 
 # The real `db_worker` processes of tests/test_worker.py, and where their emails go.
@@ -401,6 +401,7 @@ def test_a_clerk_selects_imports_with_the_keyboard_reviews_sends_and_watches_to_
     guids = kickout_imports(sandbox, 3)
     worker = start_worker()
     sign_in(page, live_server.url, clerk)
+    open_bill_imports(page)
     button = page.locator(".retry-selected")
     expect(button).to_have_text("Retry selected (0)")
     for guid in guids:
@@ -410,7 +411,7 @@ def test_a_clerk_selects_imports_with_the_keyboard_reviews_sends_and_watches_to_
     button.focus()
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Retry 3 selected imports")).to_be_visible()
-    page.check('input[name="batch_mode"][value="smart batch"]')
+    choose_mode(page, "smart batch")
     page.fill("#id_new_batch_code", "BULK-BROWSER")
     page.get_by_role("button", name="Review before sending").click()
     expect(page.locator(".whole-set")).to_have_text(

@@ -74,7 +74,7 @@ def test_the_task_list_survives_two_503s(clerk_client, sandbox):
     response = clerk_client.get(reverse("task_list"))
     assert response.status_code == 200
     assert "could not be loaded" not in text_of(response)
-    assert '<table class="tasks">' in response.content.decode()
+    assert '<table class="tasks stacked">' in response.content.decode()
     assert len(sandbox.log("task_list")) == 3
     assert [e["status"] for e in sandbox.log("task_list")] == [503, 503, 200]
 
@@ -114,7 +114,7 @@ def test_a_short_retry_after_is_waited_for_and_the_page_renders(clerk_client, sa
     sandbox.fault("task_list", {"status": 429, "retryAfter": 1})
     response, elapsed = timed_get(clerk_client, reverse("task_list"))
     assert response.status_code == 200
-    assert '<table class="tasks">' in response.content.decode()
+    assert '<table class="tasks stacked">' in response.content.decode()
     assert 0.9 <= elapsed < 3
     assert len(sandbox.log("task_list")) == 2
 

@@ -870,6 +870,34 @@ def test_a_hang_after_apply_starts_the_reimport_though_the_client_timed_out(api,
     assert tasks[0]["settings"] == {"batchSettings": {"batchMode": "new self-contained batch"}}
 
 
+def test_a_gateway_error_after_apply_starts_the_reimport_and_answers_502(api, sandbox):
+    """The work is done, then a gateway's 502 page stands in for the answer."""
+    sandbox.fault("kickout_post", {"status": 502, "html": True, "apply": True})
+    response = api.reimport({"batchMode": "new self-contained batch"})
+    assert response.status_code == 502 and "<html>" in response.text
+    tasks = api.tasks()
+    assert len(tasks) == 79
+    assert tasks[0]["settings"] == {"batchSettings": {"batchMode": "new self-contained batch"}}
+    assert sandbox.log("kickout_post")[-1]["status"] == 502
+
+
+def test_a_drop_after_apply_starts_the_reimport_and_sends_no_answer(api, sandbox):
+    """The work is done, then the connection closes: the client gets no answer at all."""
+    sandbox.fault("kickout_post", {"drop": True, "apply": True})
+    with pytest.raises(requests.ConnectionError):
+        api.reimport({"batchMode": "new self-contained batch"})
+    assert len(api.tasks()) == 79
+    assert sandbox.log("kickout_post")[-1]["status"] is None
+
+
+def test_apply_needs_something_that_spoils_the_answer(sandbox):
+    """apply says when a fault spoils the answer: after the work. A bare 429 is a refusal."""
+    with pytest.raises(SandboxControlError, match="A fault needs status"):
+        sandbox.fault("kickout_post", {"apply": True})
+    with pytest.raises(SandboxControlError, match="apply goes with hang, drop, status or html"):
+        sandbox.fault("kickout_post", {"apply": True, "retryAfter": 5})
+
+
 def test_latency_slows_every_request_until_faults_are_cleared(api, sandbox):
     """A persistent latency applies to each request of the endpoint until cleared."""
     sandbox.fault("me", latency=0.3)

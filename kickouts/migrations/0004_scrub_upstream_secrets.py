@@ -9,7 +9,10 @@ from django.conf import settings
 from django.db import migrations
 from django.db.models import Q
 
-REDACTED = "[redacted]"
+# The app's one scrubber (standard library only, no models): what the client does to every
+# answer now, done once to what was stored before.
+from kickouts.scrubbing import Scrubber
+
 TEXT_FIELDS = (
     "upstream_message",
     "new_task_message",
@@ -25,13 +28,14 @@ def scrub_key(apps, schema_editor):
     key = settings.ENERGYCAP_API_KEY
     if not key:
         return
+    scrubber = Scrubber([key])
     RetryAttempt = apps.get_model("kickouts", "RetryAttempt")
     holds_key = Q()
     for name in TEXT_FIELDS:
         holds_key |= Q(**{f"{name}__contains": key})
     for attempt in RetryAttempt.objects.filter(holds_key).iterator():
         for name in TEXT_FIELDS:
-            setattr(attempt, name, getattr(attempt, name).replace(key, REDACTED))
+            setattr(attempt, name, scrubber.text(getattr(attempt, name)))
         attempt.save(update_fields=list(TEXT_FIELDS))
 
 

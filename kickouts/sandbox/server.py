@@ -378,23 +378,32 @@ class SandboxHandler(BaseHTTPRequestHandler):
         if plan.latency > 0:
             time.sleep(plan.latency)
         fault = plan.fault or {}
-        if fault.get("drop"):
+        # "apply": the server does the work first, then the fault spoils only its answer
+        # (late, a gateway's error, or no answer at all): the client cannot tell whether
+        # the re-import happened.
+        acts_first = bool(fault.get("apply"))
+        if fault.get("drop") and not acts_first:
             # Hang up before processing: the client sees a connection closed with no answer.
             self.close_connection = True
             self._hard_close()
             return
         hang = float(fault.get("hang", 0) or 0)
-        apply_then_hang = bool(fault.get("apply"))
-        if hang and not apply_then_hang:
+        if hang and not acts_first:
             time.sleep(hang)
-        if _answers_with_fault(fault) and not apply_then_hang:
+        if _answers_with_fault(fault) and not acts_first:
             reply = _fault_reply(fault, request)
         else:
             reply = self._answer(request, endpoint, params, method_ok)
-        if hang and apply_then_hang:
-            # The server did the work; only the answer is late (a client timeout then
-            # leaves it not knowing whether the re-import happened).
-            time.sleep(hang)
+        if acts_first:
+            if hang:
+                time.sleep(hang)
+            if fault.get("drop"):
+                # The work is done; no answer is sent (the log's status stays empty).
+                self.close_connection = True
+                self._hard_close()
+                return
+            if _answers_with_fault(fault):
+                reply = _fault_reply(fault, request)
         self._finish_entry(entry, reply.status)
         self._send(reply)
 
@@ -885,6 +894,8 @@ def _check_fault(response: Any) -> None:
         raise ApiError(400, "echo goes with a status or an html page.")
     if len(kinds) > 1:
         raise ApiError(400, f"A fault can be only one of: {', '.join(kinds)}.")
+    if response.get("apply") and not (kinds or status is not None):
+        raise ApiError(400, "apply goes with hang, drop, status or html: what spoils the answer.")
 
 
 # --- entry points -------------------------------------------------------------------------

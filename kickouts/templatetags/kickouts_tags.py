@@ -7,6 +7,7 @@ from .. import batch_modes, causes, formatting
 register = template.Library()
 
 register.filter("bill_counts", formatting.bill_counts)
+register.filter("person", formatting.person)
 register.simple_tag(formatting.local_time, name="local_time")
 register.simple_tag(formatting.status_badge, name="status_badge")
 # What to do about a kickout message: kickouts/causes.py, the one table of causes.

@@ -13,8 +13,9 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from .. import bulk as bulk_logic
-from .. import bulk_summary
+from .. import bulk_summary, energycap
 from ..bulk_models import BulkRetry
+from ..choices import load_batch_choices, unavailable_batch_choices
 from ..decorators import login_required, permission_required
 from ..energycap import EnergyCapError
 from .common import HtmxHttpRequest
@@ -40,6 +41,8 @@ def bulk_form(request: HtmxHttpRequest) -> HttpResponse:
     if refusal := bulk_logic.too_many(len(guids)):
         context["refusal"] = refusal
         return render(request, "kickouts/bulk_review.html", context)
+    if action == "choose" and request.htmx:
+        return _mode_fields(request, len(guids))
     if action == "send":
         earlier = BulkRetry.objects.filter(
             form_token=_uuid_or_none(request.POST.get("form_token")), requested_by=request.user
@@ -54,7 +57,8 @@ def bulk_form(request: HtmxHttpRequest) -> HttpResponse:
         context["error"] = choices
         return render(request, "kickouts/bulk_review.html", context)
     data = request.POST if action in ("review", "send") else None
-    initial = None if data is not None else {}
+    # Choosing a mode without JavaScript: the values kept, the chosen mode's fields shown.
+    initial = None if data is not None else request.POST.dict()
     form = bulk_logic.build_bulk_form(
         data, choices=choices, import_count=len(sendable), initial=initial
     )
@@ -72,6 +76,19 @@ def bulk_form(request: HtmxHttpRequest) -> HttpResponse:
         whole_set=form.whole_set_sentence(),
     )
     return render(request, "kickouts/bulk_review.html", context)
+
+
+def _mode_fields(request: HtmxHttpRequest, import_count: int) -> HttpResponse:
+    """The chosen mode's fields with the values kept (the radios' htmx, as on the single
+    form): only the batches are asked for, not the selected imports."""
+    try:
+        choices = load_batch_choices(energycap.client())
+    except EnergyCapError:
+        choices = unavailable_batch_choices()
+    form = bulk_logic.build_bulk_form(
+        None, choices=choices, import_count=import_count, initial=request.POST.dict()
+    )
+    return render(request, "kickouts/_retry_form.html#mode-fields", {"form": form})
 
 
 def _uuid_or_none(value):

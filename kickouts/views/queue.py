@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, timedelta
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.cache import cache
@@ -87,8 +88,6 @@ class QueueFilter:
         return chosen.handled() if self.show == "handled" else chosen.open()
 
     def query(self, **extra) -> str:
-        from urllib.parse import urlencode
-
         values = {"period": self.period}
         if self.user:
             values["user"] = self.user
@@ -208,9 +207,13 @@ def queue_group(request: HtmxHttpRequest) -> HttpResponse:
         GROUP_IMPORTS_PER_PAGE,
         counts["imports"],
     ).get_page(request.GET.get("imports_page"))
+    group_url = f"{reverse('queue_group')}?{chosen.query(message=message)}"
     context = {
         "chosen": chosen,
         "message": message,
+        # Task pages and the bulk form opened from here link back (context_processors).
+        "from_query": urlencode({"from": group_url}),
+        "group_url": group_url,
         "version": version,
         "advice": advice_for(message),
         "page": page,

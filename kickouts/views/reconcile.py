@@ -1,12 +1,14 @@
-"""Before and after on the retry page, and a supervisor's decision on an "outcome unknown"
-retry (the logic is in kickouts/compare.py and kickouts/reconcile.py)."""
+"""Before and after on the retry page, a supervisor's decision on an "outcome unknown" retry,
+and the list of those waiting for one (the logic is in kickouts/compare.py and
+kickouts/reconcile.py)."""
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.http import HttpResponse
-from django.shortcuts import redirect
-from django.views.decorators.http import require_POST
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
 
 from .. import compare, reconcile
 from ..decorators import login_required, permission_required
@@ -15,6 +17,8 @@ from ..models import CompareState, Outcome, RetryAttempt
 from .common import HtmxHttpRequest, visible_attempt
 
 NOTE_MAX = 2000
+# The waiting list shows the oldest this many; the heading gives the whole count.
+WAITING_SHOWN = 200
 
 
 def comparison_context(attempt: RetryAttempt) -> dict:
@@ -70,3 +74,20 @@ def decide(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     except EnergyCapError as exc:
         messages.error(request, f"EnergyCAP's task list could not be read: {exc.message}")
     return redirect("retry_detail", pk=pk)
+
+
+@require_GET
+@login_required
+@permission_required("kickouts.reconcile_retry")
+def waiting_for_decision(request: HtmxHttpRequest) -> HttpResponse:
+    """The "outcome unknown" retries no supervisor has decided yet, oldest first, with age."""
+    count = reconcile.waiting_count()
+    retries = reconcile.waiting_for_decision().select_related("requested_by")[:WAITING_SHOWN]
+    context = {
+        "retries": retries,
+        "now": timezone.now(),
+        # The navigation's badge shows this count too: one COUNT for the page.
+        "decisions_waiting": count,
+        "shown_max": WAITING_SHOWN,
+    }
+    return render(request, "kickouts/waiting_for_decision.html", context)

@@ -7,7 +7,7 @@ from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from .. import energycap, handled, lineage, pages, snapshots
+from .. import energycap, handled, lineage, pages, roles, snapshots
 from ..choices import unavailable_batch_choices
 from ..decorators import login_required
 from ..energycap import EnergyCapError, NotFound
@@ -141,7 +141,7 @@ def retry_context(request, data: pages.TaskPageData) -> dict:
     if not may_retry(request.user):
         return {
             "retry_unavailable": (
-                "Retrying kickouts needs the AP staff or Supervisors role; ask an "
+                f"Retrying kickouts needs the {roles.in_words()} role; ask an "
                 "administrator to add you to one of them."
             )
         }

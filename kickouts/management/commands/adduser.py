@@ -5,7 +5,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-ROLES = {"ap-staff": "AP staff", "supervisor": "Supervisors", "none": None}
+from kickouts.roles import ROLE_OPTIONS
 
 
 class Command(BaseCommand):
@@ -13,7 +13,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("username")
-        parser.add_argument("--role", choices=ROLES, required=True)
+        parser.add_argument("--role", choices=ROLE_OPTIONS, required=True)
         parser.add_argument("--name", default="", help="Full name, e.g. 'Maria Okafor'.")
         parser.add_argument("--email", default="")
         parser.add_argument(
@@ -37,6 +37,7 @@ class Command(BaseCommand):
                 raise CommandError(" ".join(exc.messages)) from None
             user.set_password(password)
         user.save()
-        user.groups.set([Group.objects.get(name=ROLES[role])] if ROLES[role] else [])
+        group = ROLE_OPTIONS[role]
+        user.groups.set([Group.objects.get(name=group)] if group else [])
         verb = "Created" if created else "Updated"
-        self.stdout.write(f"{verb} {username} with role {ROLES[role] or 'none'}.")
+        self.stdout.write(f"{verb} {username} with role {group or 'none'}.")

@@ -10,12 +10,13 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from kickouts.roles import AP_STAFF, SUPERVISORS
 from kickouts.sandbox.process import start_sandbox
 
 # Demo accounts exist only in sandbox mode: the sandbox holds no real bills.
 DEMO_USERS = [
-    ("clerk", "Carla Clerk", "AP staff"),
-    ("supervisor", "Sam Supervisor", "Supervisors"),
+    ("clerk", "Carla Clerk", AP_STAFF),
+    ("supervisor", "Sam Supervisor", SUPERVISORS),
     ("viewer", "Vic Viewer", None),
 ]
 DEMO_PASSWORD = "kickouts-demo"  # noqa: S105 - sandbox demo accounts only
