@@ -34,6 +34,9 @@ class BatchMode:
     # What the bulk review says happens to the batches for the whole set of {count} imports
     # ({rest} = count - 1); {batch}, {code} and {smart_bulk} as in `review` (kickouts/bulk.py).
     bulk_review: str = ""
+    # Why a bulk in this mode stops when one import's outcome is unknown: what the rest
+    # depended on ({batch}: the batch code, or "the batch"). kickouts/bulk.py.
+    unknown_stop: str = ""
     # The field whose typing shows, live, what EnergyCAP will do with it.
     previewed_field: str = ""
 
@@ -80,6 +83,7 @@ MODES = (
             "EnergyCAP will add the re-imported bills to the open batch {batch} and leave it open."
         ),
         bulk_review="use existing batch: all {count} go into open batch {batch}, which stays open.",
+        unknown_stop="the rest would go into open batch {batch} beside bills it may hold already",
     ),
     BatchMode(
         "new batch",
@@ -95,6 +99,7 @@ MODES = (
             "new batch: makes {count} new open batches, one per import, each named {code}; "
             "the other open batches stay open."
         ),
+        unknown_stop="each of the rest would make one more open batch while it is unclear",
     ),
     BatchMode(
         "new self-contained batch",
@@ -109,6 +114,7 @@ MODES = (
             "new self-contained batch: makes {count} separate batches, each named {code} and "
             "closed with its import."
         ),
+        unknown_stop="EnergyCAP failing to answer may fail the rest the same way",
     ),
     BatchMode(
         "use pending batch",
@@ -120,6 +126,9 @@ MODES = (
             "it pending."
         ),
         bulk_review="use pending batch: all {count} go into pending batch {batch}.",
+        unknown_stop=(
+            "the rest would go into pending batch {batch} beside bills it may hold already"
+        ),
     ),
     BatchMode(
         "smart batch",
@@ -130,6 +139,9 @@ MODES = (
         fields=(NEW_CODE,),
         review="{smart_path}",
         bulk_review="smart batch with code {code}: {smart_bulk}",
+        unknown_stop=(
+            "smart batch makes batch {batch} with the first import and adds the rest to it"
+        ),
         previewed_field="new_batch_code",
     ),
 )
@@ -167,6 +179,20 @@ def form_values(settings: dict) -> dict:
             else settings.get(field.json_name)
         )
         for field in MODE_FIELDS
+    }
+
+
+def form_initial(body: dict, mode_value: str) -> dict:
+    """The retry form's values that would send this JSON body again (try again, send the
+    lines not sent again)."""
+    body = body or {}
+    settings = body.get("batchSettings") or {}
+    return {
+        "batch_mode": settings.get("batchMode", mode_value),
+        **form_values(settings),
+        "import_note": body.get("importNote", ""),
+        "comment": body.get("comment", ""),
+        "save_as_resolved": bool(body.get("saveAsResolved")),
     }
 
 

@@ -23,7 +23,7 @@ from django.db.models import Count, Min
 from django.utils import timezone
 from django_tasks import TaskContext, task
 
-from . import choices, energycap, follow_up, snapshots, sweeps
+from . import batch_modes, choices, energycap, follow_up, snapshots, sweeps
 from .bulk_models import BulkLine, BulkRetry, BulkState, LineState
 from .energycap import Answer, EnergyCapError, is_guid
 from .forms import BatchChoices, BulkRetryForm
@@ -348,13 +348,16 @@ def _apply(bulk: BulkRetry, line: BulkLine, attempt: RetryAttempt, recheck: str)
     name = f"import {line.task_id or line.task_guid}"
     if attempt.outcome == Outcome.UNKNOWN:
         _record_line(line, attempt, LineState.UNKNOWN, attempt.upstream_message)
+        mode = batch_modes.BY_VALUE[bulk.batch_mode]
+        batch = bulk.batch_code or "the batch"
+        holds = f", and which bills batch {bulk.batch_code} holds" if bulk.batch_code else ""
         _finish(
             bulk,
             BulkState.STOPPED,
-            f"Stopped: the outcome of {name} is unknown, and the next import could depend on "
-            f"it (smart batch makes its batch on the first). Check in EnergyCAP's task list "
-            f"whether a re-import of {name} started, and which batch "
-            f"{bulk.batch_code or 'it'} holds, before retrying the rest.",
+            f"Stopped: the outcome of {name} is unknown (EnergyCAP may have started it), and in "
+            f"{mode.label} mode {mode.unknown_stop.format(batch=batch)}. Check in EnergyCAP's "
+            f"task list whether a re-import of {name} started{holds}, before retrying the "
+            f"rest.",
             f"Not sent: the bulk stopped because the outcome of {name} is unknown.",
         )
         return False

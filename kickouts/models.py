@@ -402,15 +402,7 @@ class RetryAttempt(models.Model):
 
     def form_initial(self) -> dict:
         """The retry form's values that would send this payload again (to try again)."""
-        body = self.payload or {}
-        settings = body.get("batchSettings") or {}
-        return {
-            "batch_mode": settings.get("batchMode", self.batch_mode),
-            **batch_modes.form_values(settings),
-            "import_note": body.get("importNote", ""),
-            "comment": body.get("comment", ""),
-            "save_as_resolved": bool(body.get("saveAsResolved")),
-        }
+        return batch_modes.form_initial(self.payload, self.batch_mode)
 
     @property
     def may_have_imported(self) -> bool:

@@ -12,13 +12,14 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from .. import batch_modes, bulk_summary, energycap
 from .. import bulk as bulk_logic
-from .. import bulk_summary, energycap
 from ..bulk_models import BulkRetry
 from ..choices import load_batch_choices, unavailable_batch_choices
 from ..decorators import login_required, permission_required
 from ..energycap import EnergyCapError
-from .common import HtmxHttpRequest
+from ..forms import INT32_MAX
+from .common import HtmxHttpRequest, ascii_number
 
 
 def _fingerprint(guids: list[str], body: dict) -> str:
@@ -53,12 +54,13 @@ def bulk_form(request: HtmxHttpRequest) -> HttpResponse:
     candidates, sendable, choices = review.candidates, review.sendable, review.choices
     context["candidates"] = candidates
     context["sendable"] = sendable
+    context["loading"] = sum(c.loading for c in sendable)
     if isinstance(choices, EnergyCapError):
         context["error"] = choices
         return render(request, "kickouts/bulk_review.html", context)
     data = request.POST if action in ("review", "send") else None
     # Choosing a mode without JavaScript: the values kept, the chosen mode's fields shown.
-    initial = None if data is not None else request.POST.dict()
+    initial = None if data is not None else _initial(request)
     form = bulk_logic.build_bulk_form(
         data, choices=choices, import_count=len(sendable), initial=initial
     )
@@ -76,6 +78,18 @@ def bulk_form(request: HtmxHttpRequest) -> HttpResponse:
         whole_set=form.whole_set_sentence(),
     )
     return render(request, "kickouts/bulk_review.html", context)
+
+
+def _initial(request: HtmxHttpRequest) -> dict:
+    """The values the form starts from: what was posted, or, for "send the imports not sent
+    again" from a bulk's page, that bulk's own settings."""
+    again = bulk_logic.visible_bulks(request.user).filter(
+        pk=ascii_number(request.POST.get("again_of"), maximum=INT32_MAX) or 0
+    )
+    earlier = again.first()
+    if earlier is None:
+        return request.POST.dict()
+    return batch_modes.form_initial(earlier.payload, earlier.batch_mode)
 
 
 def _mode_fields(request: HtmxHttpRequest, import_count: int) -> HttpResponse:
