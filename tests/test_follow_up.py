@@ -272,3 +272,48 @@ def test_the_follower_asks_less_often_as_a_retry_ages_and_after_failures(setting
     assert follow_up.follow_delay(timedelta(minutes=2), failures=1) == 6
     assert follow_up.follow_delay(timedelta(minutes=2), failures=3) == 24
     assert follow_up.follow_delay(timedelta(hours=5), failures=4) == 900  # at most 15 minutes
+
+
+def test_an_ended_task_is_asked_about_once(clerk, sandbox):
+    """The ask that sees the end is the last: the report compares from that reading."""
+    attempt = followed_retry(clerk, new_task_guid=COMPLETED_TASK_GUID, due_at=timezone.now())
+    follow_up.sweep()
+    assert FollowUp.objects.get(pk=attempt.pk).state == FollowState.REPORTING
+    follow_up.sweep()
+    assert FollowUp.objects.get(pk=attempt.pk).state == FollowState.ENDED
+    asked = [e for e in sandbox.log("task_get") if COMPLETED_TASK_GUID in e["path"]]
+    assert len(asked) == 1
+
+
+def test_a_sweep_lost_with_its_worker_is_started_again_by_a_page_view(
+    clerk, clerk_client, sandbox
+):
+    """The queued sweep died with its worker (its row RUNNING for good): the next page view
+    of an overdue follow-up queues another, once."""
+    from kickouts.sweeps import Sweep
+
+    long_ago = timezone.now() - timedelta(minutes=5)
+    attempt = followed_retry(clerk, due_at=long_ago, checked_at=long_ago)
+    dead = follow_up.follow_due.enqueue()
+    DBTaskResult.objects.filter(id=dead.id).update(status="RUNNING")
+    Sweep.objects.update_or_create(
+        name="follow_due", defaults={"task_id": str(dead.id), "run_at": long_ago}
+    )
+    panel(clerk_client, attempt)
+    panel(clerk_client, attempt)
+    [queued] = queued_sweeps()
+    assert Sweep.objects.get(name="follow_due").task_id == str(queued.id)
+
+
+def test_page_views_while_no_worker_runs_queue_no_more_sweeps(clerk, clerk_client, sandbox):
+    """The queued sweep is still waiting (the workers are down): page views do not pile up
+    more sweeps behind it."""
+    from kickouts.sweeps import Sweep
+
+    long_ago = timezone.now() - timedelta(minutes=5)
+    attempt = followed_retry(clerk, due_at=long_ago, checked_at=long_ago)
+    follow_up.wake()
+    Sweep.objects.filter(name="follow_due").update(run_at=long_ago)  # due long ago, not run
+    for _ in range(3):
+        panel(clerk_client, attempt)
+    assert queued_sweeps().count() == 1
