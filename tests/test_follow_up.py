@@ -317,3 +317,20 @@ def test_page_views_while_no_worker_runs_queue_no_more_sweeps(clerk, clerk_clien
     for _ in range(3):
         panel(clerk_client, attempt)
     assert queued_sweeps().count() == 1
+
+
+def test_a_retry_left_submitting_by_a_dead_process_is_settled_by_the_sweep(clerk, sandbox):
+    """No page opened: once the send's lease has passed, the sweep calls a begun POST
+    "outcome unknown" and an unbegun one "not sent" (each proved by its own record)."""
+    from kickouts.models import send_lease
+
+    gone = timezone.now() - send_lease() - timedelta(seconds=1)
+    begun = make_retry(clerk, outcome=Outcome.SUBMITTING, requested_at=gone, sent_at=gone)
+    unbegun = make_retry(clerk, outcome=Outcome.SUBMITTING, requested_at=gone)
+    assert follow_up.next_due() <= timezone.now()  # the sweep is due for them
+    follow_up.sweep()
+    begun.refresh_from_db()
+    unbegun.refresh_from_db()
+    assert begun.outcome == Outcome.UNKNOWN and "never re-sent" in begun.upstream_message
+    assert unbegun.outcome == Outcome.NOT_SENT
+    assert sandbox.count("kickout_post") == 0
