@@ -20,15 +20,21 @@ logger = logging.getLogger(__name__)
 
 
 def latest_import_of(task_guid: str) -> RetryAttempt | None:
-    """The newest retry of this task that may have imported its kickouts (a record left
-    "submitting" by a process that died is settled first, once its lease has passed)."""
-    expire_stale_submissions(RetryAttempt.objects.filter(source_task_guid=task_guid))
-    return (
-        RetryAttempt.objects.filter(source_task_guid=task_guid)
-        .may_have_imported()
-        .select_related("requested_by")
-        .order_by("-duplicate_sequence", "-requested_at")
-        .first()
+    """The latest import of this task's kickouts that may have imported them: a re-import,
+    or a corrected file with this task among its sources (a record left "submitting" by a
+    process that died is settled first, once its lease has passed). The latest is the one
+    with the highest number in this task's duplicate sequence."""
+    touching = RetryAttempt.objects.touching([task_guid])
+    expire_stale_submissions(touching)
+    imports = (
+        touching.may_have_imported()
+        .select_related("requested_by", "corrected_file")
+        .prefetch_related("sources")
+    )
+    return max(
+        imports,
+        key=lambda retry: (retry.sequence_of(task_guid), retry.requested_at, retry.pk),
+        default=None,
     )
 
 

@@ -39,6 +39,13 @@ def sandbox(sandbox_process, settings) -> SandboxControl:
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path):
+    """Uploads (corrected files) are stored in the test's own folder."""
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    return tmp_path / "media"
+
+
 @pytest.fixture
 def roles(db) -> dict:
     """The role groups by name. A transactional test's flush deletes what migrations made,

@@ -21,6 +21,9 @@ from .tasks import HtmxHttpRequest
 
 # Only what a row shows: the payload and messages stay in the database.
 PAGE_COLUMNS = (
+    "kind",
+    "corrected_file__name",
+    "corrected_file__size",
     "requested_at",
     "requested_by__username",
     "requested_by__first_name",
@@ -47,7 +50,11 @@ CSV_COLUMNS = (
     ("id", "pk"),
     ("requested_at_utc", "requested_at"),
     ("requested_by", "requested_by__username"),
+    ("kind", "kind"),
     ("source_task_guid", "source_task_guid"),
+    ("file_name", "corrected_file__name"),
+    ("file_bytes", "corrected_file__size"),
+    ("file_sha256", "corrected_file__sha256"),
     ("batch_mode", "batch_mode"),
     ("batch_code", "batch_code"),
     ("outcome", "outcome"),
@@ -95,9 +102,9 @@ def history(request: HtmxHttpRequest) -> HttpResponse:
         before, after = form.cleaned_data["before"], form.cleaned_data["after"]
         retries = filter_retries(RetryAttempt.objects.visible_to(request.user), form.cleaned_data)
         page = newest_first_page(
-            retries.select_related("requested_by", "reconciled_by", "follow_up", "comparison").only(
-                *PAGE_COLUMNS
-            ),
+            retries.select_related(
+                "requested_by", "reconciled_by", "follow_up", "comparison", "corrected_file"
+            ).only(*PAGE_COLUMNS),
             before=before,
             after=after,
             size=form.cleaned_data["per_page"],
