@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from kickouts import energycap, follow_up
+from kickouts import corrected_files, energycap, follow_up, pages
 from kickouts.corrected_file_models import CorrectedFile, RetrySource
-from kickouts.models import Kind, Outcome, RetryAttempt
+from kickouts.models import Kind, Outcome, RetryAttempt, RetryInFlight, SourceSlot
 from kickouts.queue_models import HandledReason, ImportSnapshot
 from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID, KICKOUT_TASK_GUID, RUNNING_TASK_GUID
 
+from .conftest import signed_in_client
 from .corrected_helpers import (
     METER_NOT_FOUND,
     SELF_CONTAINED,
@@ -485,8 +489,6 @@ def test_the_requester_and_supervisors_download_exactly_what_was_sent(
     clerk_client, supervisor_client, sandbox, other_clerk, outsider_client
 ):
     """Carla and Sam get the bytes with a safe attachment name; Oscar and Nora get a 404."""
-    from .conftest import signed_in_client
-
     data = fixed_file(sandbox)
     review_and_send(clerk_client, [TASK], "Nov fixed ünits.csv", data)
     url = reverse("corrected_file_download", args=[the_attempt().pk])
@@ -593,3 +595,120 @@ def test_the_retry_record_stays_within_thirty_two_fields():
     """Issue 21: the file and its sources are records of their own."""
     assert len(RetryAttempt._meta.concrete_fields) <= 32
     assert {f.name for f in RetrySource._meta.concrete_fields} >= {"task_guid", "outcome"}
+
+
+# --- two clerks, one file, one source: one import ------------------------------------------
+
+
+def test_a_clerk_whose_form_was_checked_before_another_sent_the_same_file_is_refused(
+    clerk, other_clerk, clerk_client, sandbox
+):
+    """Oscar's send was checked (nothing imported yet) just before Carla's went through: his
+    record claims the same place in the source's sequence, and the database refuses it."""
+    data = fixed_file(sandbox)
+    token = uuid.uuid4()
+    review(signed_in_client(other_clerk), [TASK], "fixed.csv", data, token=token)
+    page = pages.load_corrected_file_page([TASK])
+    posted = {"form_token": str(token), "batch_mode": SELF_CONTAINED, "task": TASK}
+    oscars = corrected_files.build_form(posted, user=other_clerk, token=token, page=page)
+    assert oscars.is_valid(), oscars.errors
+
+    review_and_send(clerk_client, [TASK], "fixed.csv", data)  # Carla's, answered meanwhile
+    with pytest.raises(RetryInFlight) as refused:
+        corrected_files.submit_corrected_file(
+            user=other_clerk, form=oscars, sources=page.usable_sources
+        )
+    assert refused.value.attempt.outcome == Outcome.NOT_SENT
+    assert "another import of these kickouts" in refused.value.attempt.upstream_message
+    assert sandbox.count("import_post") == 1
+    assert RetryAttempt.objects.filter(outcome=Outcome.SUBMITTED).count() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_clerks_sending_the_same_file_for_the_same_import_at_once_import_it_once(
+    clerk, other_clerk, sandbox
+):
+    """Carla and Oscar reviewed the same corrected file and press Send at the same moment:
+    EnergyCAP sees one import, the other request gets a clean "not sent" record."""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL's concurrency; `make test` runs this on PostgreSQL")
+    data = fixed_file(sandbox)
+    clients = [signed_in_client(clerk), signed_in_client(other_clerk)]
+    tokens = [uuid.uuid4(), uuid.uuid4()]
+    for client, token in zip(clients, tokens, strict=True):
+        assert review(client, [TASK], "fixed.csv", data, token=token).context["confirming"]
+    sandbox.fault("import_post", latency=0.3)
+    barrier = threading.Barrier(2)
+    statuses = []
+
+    def press_send(client, token):
+        barrier.wait()
+        try:
+            statuses.append(send(client, [TASK], token).status_code)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=press_send, args=pair) for pair in zip(clients, tokens, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert statuses == [302, 302]
+    assert sandbox.count("import_post") == 1
+    outcomes = sorted(RetryAttempt.objects.values_list("outcome", flat=True))
+    assert outcomes == [Outcome.NOT_SENT, Outcome.SUBMITTED]
+    assert RetrySource.objects.filter(task_guid=TASK, outcome=Outcome.SUBMITTED).count() == 1
+
+
+def test_a_re_import_of_an_import_a_corrected_file_is_being_sent_for_is_refused(
+    clerk, other_clerk, sandbox
+):
+    """The per-source rules hold for every source, not only the first: while a corrected
+    file for imports A and B is being sent, a re-import of B is refused by the database."""
+    a, b = (str(uuid.uuid4()) for _ in range(2))
+    in_flight = RetryAttempt.start(
+        kind=Kind.CORRECTED_FILE,
+        user=clerk,
+        form_token=uuid.uuid4(),
+        source_task=_Imported(a, 1),
+        batch_mode=SELF_CONTAINED,
+        batch_code="",
+        import_note="",
+        payload={},
+        sources=[SourceSlot(a, 1), SourceSlot(b, 2)],
+    )
+    assert in_flight.outcome == Outcome.SUBMITTING
+    with pytest.raises(RetryInFlight) as refused:
+        RetryAttempt.start(
+            user=other_clerk,
+            form_token=uuid.uuid4(),
+            source_task=_Imported(b, 2),
+            batch_mode=SELF_CONTAINED,
+            batch_code="",
+            import_note="",
+            payload={},
+        )
+    assert refused.value.attempt.outcome == Outcome.NOT_SENT
+    # Once the file's import is answered, B's next import must follow it in B's sequence.
+    in_flight.mark_submitted(str(uuid.uuid4()))
+    with pytest.raises(RetryInFlight):
+        RetryAttempt.start(
+            user=other_clerk,
+            form_token=uuid.uuid4(),
+            source_task=_Imported(b, 2),
+            batch_mode=SELF_CONTAINED,
+            batch_code="",
+            import_note="",
+            payload={},
+        )
+    assert in_flight.sources.get(task_guid=b).outcome == Outcome.SUBMITTED
+
+
+@dataclass(frozen=True)
+class _Imported:
+    guid: str
+    task_id: int
+    status: str = "Completed with kickouts"
