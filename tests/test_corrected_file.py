@@ -43,6 +43,7 @@ from .corrected_helpers import (
     zip_bytes,
 )
 from .retry_helpers import post_retry
+from .test_uploads import peak_of, ten_mb_csv
 
 TASK = KICKOUT_TASK_GUID
 
@@ -712,3 +713,28 @@ class _Imported:
     guid: str
     task_id: int
     status: str = "Completed with kickouts"
+
+
+def test_sending_a_ten_megabyte_file_needs_a_bounded_amount_of_memory(clerk, sandbox):
+    """The send reads the stored file back and posts it: its base64 text, the JSON body and
+    the bytes on the wire are each 4/3 of the file (about 4 times its size in all, measured);
+    never the file's bytes held whole, nor a copy per step beyond those."""
+    data = ten_mb_csv()
+    token = uuid.uuid4()
+    client = signed_in_client(clerk)
+    assert review(client, [TASK], "month.csv", data, token=token, confirm_rows=True).context[
+        "confirming"
+    ]
+    page = pages.load_corrected_file_page([TASK])
+    posted = {"form_token": str(token), "batch_mode": SELF_CONTAINED, "confirm_rows": "on"}
+    form = corrected_files.build_form(posted, user=clerk, token=token, page=page)
+    assert form.is_valid(), form.errors
+    attempt, peak = peak_of(
+        lambda: corrected_files.submit_corrected_file(
+            user=clerk, form=form, sources=page.usable_sources
+        )
+    )
+    assert attempt.outcome == Outcome.SUBMITTED
+    (entry,) = sandbox.log("import_post")
+    assert entry["body"]["data"] == f"<base64 of {len(base64.b64encode(data))} characters>"
+    assert peak < 5 * len(data), f"{peak / len(data):.2f} times the file's size"
