@@ -36,6 +36,7 @@ from .corrected_helpers import (
     form_errors,
     form_url,
     kickout_rows,
+    press,
     review,
     review_and_send,
     send,
@@ -738,3 +739,38 @@ def test_sending_a_ten_megabyte_file_needs_a_bounded_amount_of_memory(clerk, san
     (entry,) = sandbox.log("import_post")
     assert entry["body"]["data"] == f"<base64 of {len(base64.b64encode(data))} characters>"
     assert peak < 5 * len(data), f"{peak / len(data):.2f} times the file's size"
+
+
+def test_the_review_page_sends_exactly_what_was_reviewed_and_can_go_back_to_the_settings(
+    clerk_client, supervisor_client, sandbox
+):
+    """Its own hidden fields carry the settings, the profile and every confirmation; "Change
+    the settings" shows them in the form with the file kept."""
+    data = fixed_file(sandbox)
+    review_and_send(clerk_client, [TASK], "fixed.csv", data)
+    earlier = the_attempt()
+    token = uuid.uuid4()
+    first = review(supervisor_client, [TASK], "fixed.csv", data, token=token, profile="PORTAL")
+    reviewed = review(
+        supervisor_client,
+        [TASK],
+        None,
+        None,
+        token=token,
+        profile="PORTAL",
+        import_note="Again, on purpose",
+        duplicate_of=first.context["form"].earlier_retry.pk,
+        confirm_duplicate=True,
+    )
+    assert reviewed.context["confirming"], form_errors(reviewed)
+    back = press(supervisor_client, reviewed, "edit")
+    page = back.content.decode()
+    assert "Kept from your last review: <strong>fixed.csv</strong>" in page
+    assert "Again, on purpose</textarea>" in page and '<option value="PORTAL" selected>' in page
+    sent = press(supervisor_client, reviewed, "send")
+    repeat = RetryAttempt.objects.latest("id")
+    assert sent["Location"] == repeat.get_absolute_url()
+    assert repeat.confirmed_duplicate_of == earlier
+    assert repeat.payload["profileCode"] == "PORTAL"
+    assert repeat.import_note == "Again, on purpose"
+    assert sandbox.log("import_post")[-1]["body"]["profileCode"] == "PORTAL"
