@@ -99,9 +99,9 @@ def build_form(
 
     The latest import of each source is read here, before the form is checked: the sequence
     the import claims follows what this request saw (see the module's docstring)."""
-    sources = page.usable_sources
-    guids = [source.guid for source in sources]
-    form = CorrectedFileForm(
+    guids = [source.guid for source in page.usable_sources]
+    latest = {guid: latest_import_of(guid) for guid in guids}
+    return CorrectedFileForm(
         data,
         files,
         initial=initial,
@@ -110,10 +110,9 @@ def build_form(
         kept=CorrectedFile.objects.kept_for(token, user) if token else None,
         refusal=refusal,
         find_same_file=lambda sha256: same_file_import(guids, sha256),
+        latest_imports=latest,
         may_repeat=user.has_perm("kickouts.confirm_duplicate_retry"),
     )
-    form.latest_imports = {guid: latest_import_of(guid) for guid in guids}
-    return form
 
 
 def keep_upload(user, form: CorrectedFileForm, upload: UploadedFile) -> CorrectedFile:
@@ -121,7 +120,7 @@ def keep_upload(user, form: CorrectedFileForm, upload: UploadedFile) -> Correcte
     token): the review shows it, the send reads it back. A new upload for the same form
     replaces the one kept before."""
     checked = form.uploaded
-    token = form.cleaned_data.get("form_token") or form.data.get("form_token")
+    token = form.cleaned_data["form_token"]
     prune_unsent(limit=PRUNED_PER_REVIEW)
     kept = CorrectedFile(
         form_token=token,

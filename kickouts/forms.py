@@ -620,9 +620,13 @@ class CorrectedFileForm(RetryForm):
         kept=None,
         refusal: uploads.UploadRefusal | None = None,
         find_same_file: Callable[[str], RetryAttempt | None] = lambda sha256: None,
+        latest_imports: dict[str, RetryAttempt | None] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        # Each source's latest import when the form was built, before it was checked: the
+        # import's place in each source's duplicate sequence follows it.
+        self.latest_imports = latest_imports or {}
         self.profiles = profiles
         self.kept = kept
         self.refusal = refusal

@@ -52,10 +52,10 @@ class Outcome(models.TextChoices):
     NONE_IMPORTED = "none_imported", "Nothing imported"
 
 
-# Outcomes after which EnergyCAP may hold a new import of the same kickouts:
-# another retry of the same task would import the bills twice.
-MAY_HAVE_IMPORTED = [Outcome.SUBMITTING, Outcome.SUBMITTED, Outcome.UNKNOWN]
-assert [str(o) for o in MAY_HAVE_IMPORTED] == MAY_HAVE_IMPORTED_VALUES
+# Outcomes after which EnergyCAP may hold a new import of the same kickouts: another retry
+# of the same task would import the bills twice (submitting, submitted, outcome unknown; the
+# values are listed where the per-source constraints use them too).
+MAY_HAVE_IMPORTED = [Outcome(value) for value in MAY_HAVE_IMPORTED_VALUES]
 
 
 class CompareState(models.TextChoices):

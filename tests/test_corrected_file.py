@@ -774,3 +774,23 @@ def test_the_review_page_sends_exactly_what_was_reviewed_and_can_go_back_to_the_
     assert repeat.payload["profileCode"] == "PORTAL"
     assert repeat.import_note == "Again, on purpose"
     assert sandbox.log("import_post")[-1]["body"]["profileCode"] == "PORTAL"
+
+
+def test_a_send_that_cannot_check_every_reviewed_import_again_sends_nothing(clerk_client, sandbox):
+    """Reviewed for two imports; at the send one cannot be looked at (EnergyCAP fails and its
+    kickouts are not stored): nothing is sent for fewer imports than were shown."""
+    other = sandbox.add_task(kickout_messages=[METER_NOT_FOUND], rows_per_message=2)
+    other_guid = other["taskGUId"].lower()
+    rows = fix_meters(kickout_rows(sandbox, TASK) + kickout_rows(sandbox, other_guid), sandbox)
+    token = uuid.uuid4()
+    reviewed = review(clerk_client, [TASK, other_guid], "both.csv", csv_bytes(rows), token=token)
+    assert reviewed.context["confirming"], form_errors(reviewed)
+    ImportSnapshot.objects.filter(task_guid=other_guid).delete()
+    sandbox.fault("task_get", *[{"status": 503}] * 3)
+    response = send(clerk_client, [TASK, other_guid], token)
+    assert response.status_code == 200
+    assert "not every import the file was reviewed for could be checked again" in (
+        response.content.decode()
+    )
+    assert sandbox.count("import_post") == 0
+    assert not RetryAttempt.objects.exists()

@@ -110,6 +110,13 @@ def send(request, page: pages.CorrectedFilePageData, context: dict) -> HttpRespo
     """Checked once more (batches just asked), then sent once; the retry's page follows it."""
     form = _bound_form(request, page)
     context["form"] = form
+    if [source.guid for source in page.usable_sources] != selected_guids(request.POST):
+        # An import reviewed could not be looked at again: never send for fewer than shown.
+        context["refusal"] = (
+            "Not sent: not every import the file was reviewed for could be checked again "
+            "(see beside each one). Review again."
+        )
+        return render(request, TEMPLATE, context)
     if not form.is_valid():
         # Without a kept file the page says that unsent files are deleted after a while.
         context["file_gone"] = form.kept is None

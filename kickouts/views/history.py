@@ -50,11 +50,7 @@ CSV_COLUMNS = (
     ("id", "pk"),
     ("requested_at_utc", "requested_at"),
     ("requested_by", "requested_by__username"),
-    ("kind", "kind"),
     ("source_task_guid", "source_task_guid"),
-    ("file_name", "corrected_file__name"),
-    ("file_bytes", "corrected_file__size"),
-    ("file_sha256", "corrected_file__sha256"),
     ("batch_mode", "batch_mode"),
     ("batch_code", "batch_code"),
     ("outcome", "outcome"),
@@ -73,6 +69,11 @@ CSV_COLUMNS = (
     ("reconciled_at_utc", "reconciled_at"),
     ("reconciled_note", "reconciled_note"),
     ("bulk_id", "bulk_id"),
+    # Corrected files (kept last: the columns before them keep their places).
+    ("kind", "kind"),
+    ("file_name", "corrected_file__name"),
+    ("file_bytes", "corrected_file__size"),
+    ("file_sha256", "corrected_file__sha256"),
 )
 CSV_CHUNK_ROWS = 2000
 
