@@ -19,10 +19,10 @@ from django.core.management import call_command
 from django.db import connection, transaction
 
 from kickouts import roles
-from kickouts.models import FollowUp, RetryAttempt
+from kickouts.models import FollowUp, RetryAttempt, RetrySource
 from kickouts.roles import ensure_roles
 
-GENERATOR = "5"
+GENERATOR = "6"
 MARKER = "bench_dataset"
 PASSWORD = "bench-password-not-secret"  # noqa: S105 - loopback-only throwaway accounts
 CLERKS = [f"clerk{n:02d}" for n in range(1, 21)]
@@ -57,8 +57,8 @@ def prepare(rows: int, say: Callable[[str], None]) -> str:
         started = time.monotonic()
         say(f"Generating {rows:,} retries (once; later runs reuse them)")
         cursor.execute(f"DELETE FROM {MARKER}")  # noqa: S608
-        cursor.execute("DELETE FROM kickouts_followup")
-        cursor.execute("DELETE FROM kickouts_retryattempt")
+        for table in ("followup", "retrysource", "correctedfile", "retryattempt"):
+            cursor.execute(f"DELETE FROM kickouts_{table}")  # noqa: S608
         load(generate(rows, [users[name] for name in CLERKS + SUPERVISORS]), say)
         cursor.execute(f"INSERT INTO {MARKER} VALUES (%s)", [wanted])  # noqa: S608
     return f"generated in {time.monotonic() - started:.0f} s"
@@ -80,9 +80,9 @@ def ensure_people() -> dict[str, int]:
     return ids
 
 
-def generate(rows: int, people: list[int]) -> Iterator[tuple[dict, dict | None]]:
+def generate(rows: int, people: list[int]) -> Iterator[tuple[dict, dict | None, dict]]:
     """`rows` retry records, oldest first, with ids 1..rows and their own source GUIDs, each
-    with its follow-up when it was submitted (its new task ended)."""
+    with its follow-up when it was submitted (its new task ended) and its source row."""
     rng = random.Random(20260101 + rows)
     now = datetime.now(UTC).replace(microsecond=0)
     start = now - timedelta(days=730)
@@ -127,7 +127,9 @@ def generate(rows: int, people: list[int]) -> Iterator[tuple[dict, dict | None]]
             row.update(upstream_status_code=400, upstream_message="The batch is not open.")
         else:
             row["upstream_message"] = "EnergyCAP did not answer in time."
-        yield row, follow
+        source = dict(retry_id=index + 1, task_guid=row["source_task_guid"], outcome=outcome)
+        source.update(task_id=row["source_task_id"])
+        yield row, follow, source
 
 
 class _Table:
@@ -151,21 +153,23 @@ class _Table:
         self.batch = []
 
 
-def load(rows: Iterator[tuple[dict, dict | None]], say: Callable[[str], None]) -> None:
+def load(rows: Iterator[tuple[dict, dict | None, dict]], say: Callable[[str], None]) -> None:
     """COPY on PostgreSQL, executemany on SQLite, 20,000 retries a transaction."""
     postgres = connection.vendor == "postgresql"
     retries, follows = _Table(RetryAttempt, postgres), _Table(FollowUp, postgres)
-    for done, (retry, follow) in enumerate(rows, 1):
+    sources = _Table(RetrySource, postgres)
+    for done, (retry, follow, source) in enumerate(rows, 1):
         retries.add(retry)
+        sources.add(source)
         if follow is not None:
             follows.add(follow)
         if len(retries.batch) == 20_000:
-            retries.flush()
-            follows.flush()
+            for table in (retries, follows, sources):
+                table.flush()
         if done % 200_000 == 0:
             say(f"  {done:,} rows")
-    retries.flush()
-    follows.flush()
+    for table in (retries, follows, sources):
+        table.flush()
     with connection.cursor() as cursor:
         if postgres:
             cursor.execute(
@@ -174,6 +178,7 @@ def load(rows: Iterator[tuple[dict, dict | None]], say: Callable[[str], None]) -
             )
             cursor.execute("VACUUM ANALYZE kickouts_retryattempt")
             cursor.execute("VACUUM ANALYZE kickouts_followup")
+            cursor.execute("VACUUM ANALYZE kickouts_retrysource")
         else:
             cursor.execute("ANALYZE")
 

@@ -77,6 +77,10 @@ CORRECTED_FILE_MAX_BYTES = int(os.environ.get("CORRECTED_FILE_MAX_BYTES", str(10
 CORRECTED_FILE_MAX_EXPANDED_BYTES = int(
     os.environ.get("CORRECTED_FILE_MAX_EXPANDED_BYTES", str(100 * 1024 * 1024))
 )
+# A reviewed corrected file is stored until it is sent; one never sent is deleted after this
+# many hours (kickouts/corrected_file_models.py, `prune_unsent`). Sent files stay with their
+# retry record.
+CORRECTED_FILE_UNSENT_HOURS = env_float("CORRECTED_FILE_UNSENT_HOURS", 24)
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not DEBUG:
@@ -238,6 +242,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Uploaded corrected files (STORAGES["default"]): local files here unless another backend is
+# configured; they are never served from a URL of their own, only by a permission-checked view.
+MEDIA_ROOT = os.environ.get("MEDIA_ROOT", "").strip() or str(BASE_DIR / "var" / "media")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {

@@ -11,12 +11,20 @@ class RetryAttemptAdmin(admin.ModelAdmin):
         "id",
         "requested_at",
         "requested_by",
+        "kind",
         "source_task_guid",
         "batch_mode",
         "outcome",
         "new_task_guid",
     ]
-    list_filter = ["outcome", "batch_mode", "follow_up__status", "requested_by", "requested_at"]
+    list_filter = [
+        "kind",
+        "outcome",
+        "batch_mode",
+        "follow_up__status",
+        "requested_by",
+        "requested_at",
+    ]
     search_fields = ["source_task_guid", "new_task_guid", "batch_code", "import_note"]
     date_hierarchy = "requested_at"
     list_select_related = ["requested_by"]

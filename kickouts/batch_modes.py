@@ -28,8 +28,9 @@ class BatchMode:
     label: str  # what the form and the history call it
     sentence: str  # what EnergyCAP does, in one plain sentence for clerks
     fields: tuple[ModeField, ...]
-    # What the review says EnergyCAP will do; {batch}, {code}, {closing} and {smart_path}
-    # come from the cleaned form (RetryForm.review_values).
+    # What the review says EnergyCAP will do; {batch}, {code}, {closing}, {smart_path} and
+    # {bills} (which bills: re-imported, or a corrected file's) come from the cleaned form
+    # (RetryForm.review_values).
     review: str
     # What the bulk review says happens to the batches for the whole set of {count} imports
     # ({rest} = count - 1); {batch}, {code} and {smart_bulk} as in `review` (kickouts/bulk.py).
@@ -79,9 +80,7 @@ MODES = (
         label="use existing batch",
         sentence="Adds the bills to an open batch and leaves it open.",
         fields=(OPEN_BATCH_ID,),
-        review=(
-            "EnergyCAP will add the re-imported bills to the open batch {batch} and leave it open."
-        ),
+        review=("EnergyCAP will add {bills} to the open batch {batch} and leave it open."),
         bulk_review="use existing batch: all {count} go into open batch {batch}, which stays open.",
         unknown_stop="the rest would go into open batch {batch} beside bills it may hold already",
     ),
@@ -107,7 +106,7 @@ MODES = (
         sentence="Makes a new batch, adds the bills and closes it; other open batches stay open.",
         fields=(NEW_CODE,),
         review=(
-            "EnergyCAP will make a new batch named {code}, add the re-imported bills and "
+            "EnergyCAP will make a new batch named {code}, add {bills} and "
             "close it; other open batches stay open."
         ),
         bulk_review=(
@@ -121,10 +120,7 @@ MODES = (
         label="use pending batch",
         sentence="Adds the bills to a pending batch and leaves it pending.",
         fields=(PENDING_BATCH_ID,),
-        review=(
-            "EnergyCAP will add the re-imported bills to the pending batch {batch} and leave "
-            "it pending."
-        ),
+        review=("EnergyCAP will add {bills} to the pending batch {batch} and leave it pending."),
         bulk_review="use pending batch: all {count} go into pending batch {batch}.",
         unknown_stop=(
             "the rest would go into pending batch {batch} beside bills it may hold already"

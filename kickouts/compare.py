@@ -1,9 +1,10 @@
 """Before and after: did a retry fix its kickouts?
 
-When a retry's new task ends, the source import's kickout rows (its snapshot) are compared
-with the new task's: a row is *fixed* when the new task no longer kicks it out (or imported
-everything), *still kicked out* when the new task kicks out the same row (possibly with
-another message), and *new* when the new task kicks out a row the source did not have.
+When a retry's new task ends, the source import's kickout rows (its snapshot; for a corrected
+file, the rows of all of its source imports together) are compared with the new task's: a row
+is *fixed* when the new task no longer kicks it out (or imported everything), *still kicked
+out* when the new task kicks out the same row (possibly with another message), and *new* when
+the new task kicks out a row the source did not have.
 
 Rows are matched by `row_key` alone: file row numbers change between imports, the bill does
 not. Snapshots are fetched once (kickouts/snapshots.py), so a comparison costs EnergyCAP at
@@ -25,7 +26,7 @@ from . import energycap, snapshots, status
 from .energycap import EnergyCapError
 from .follow_up_models import FollowUp
 from .models import CompareState, Comparison, RetryAttempt
-from .queue_models import HandledReason, ImportSnapshot, KickoutRow
+from .queue_models import ImportSnapshot, KickoutRow
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +151,14 @@ def compare_retry(attempt: RetryAttempt, follow: FollowUp) -> str:
         )
     api = energycap.client()
     try:
-        source = snapshots.stored(attempt.source_task_guid)
-        if source is None:
-            source = snapshots.ensure_snapshot(api.get_task(attempt.source_task_guid))
-        if source is None:
-            raise EnergyCapError("The source import's kickouts could not be stored.")
+        sources = []
+        for guid in attempt.source_guids:
+            source = snapshots.stored(guid)
+            if source is None:
+                source = snapshots.ensure_snapshot(api.get_task(guid))
+            if source is None:
+                raise EnergyCapError("The source import's kickouts could not be stored.")
+            sources.append(source)
         after: list[KickoutRow] = []
         if kind == "kickouts":
             new = snapshots.ensure_snapshot(
@@ -169,37 +173,44 @@ def compare_retry(attempt: RetryAttempt, follow: FollowUp) -> str:
         # A missing task or a refused key will not answer later: not worth asking again.
         return GAVE_UP if exc.permanent else CompareState.ERROR
     # The queue follows: rows still kicked out are in the new import's snapshot (open);
-    # the source leaves the queue as re-imported, if nobody marked it yet.
-    if not source.is_handled:
-        source.mark_handled(
-            user=attempt.requested_by,
-            reason=HandledReason.REIMPORTED,
-            note=f"Re-imported by retry #{attempt.pk}.",
-        )
-    result = compare_rows(source.rows.order_by("position"), after)
+    # the sources leave the queue as re-imported (or corrected), if nobody marked them yet.
+    for source in sources:
+        if not source.is_handled:
+            source.mark_handled(
+                user=attempt.requested_by,
+                reason=attempt.handled_reason,
+                note=(
+                    f"Corrected file imported by retry #{attempt.pk}."
+                    if attempt.is_corrected_file
+                    else f"Re-imported by retry #{attempt.pk}."
+                ),
+            )
+    before = [row for source in sources for row in source.rows.order_by("position")]
+    result = compare_rows(before, after)
     return _store(attempt, state=CompareState.COMPARED, result=result)
 
 
 def _back_in_the_queue(attempt: RetryAttempt, follow: FollowUp) -> None:
-    """A re-import that failed: the source import's kickouts are still to do, so the queue
-    shows them again. Only the dashboard's own "re-imported" mark is undone; a reason a
-    person chose (a corrected file, ignored) stays. When EnergyCAP's counts prove that no bill
-    was imported, the retry says "nothing imported": the task may be retried by a clerk,
-    without the duplicate warning (the counts missing or showing bills keep it)."""
+    """A re-import (or corrected file) that failed: the source imports' kickouts are still to
+    do, so the queue shows them again. Only the mark this kind of retry makes by itself is
+    undone ("re-imported", "corrected file imported"); a reason a person chose otherwise
+    stays. When EnergyCAP's counts prove that no bill was imported, the retry says "nothing
+    imported": the task may be retried by a clerk, without the duplicate warning (the counts
+    missing or showing bills keep it)."""
     if follow.proves_nothing_imported:
         attempt.mark_imported_nothing()
-    source = ImportSnapshot.objects.filter(task_guid=attempt.source_task_guid).first()
-    if source is not None and source.handled_reason == HandledReason.REIMPORTED:
-        proof = (
-            "EnergyCAP's counts show no bill imported"
-            if follow.proves_nothing_imported
-            else "its kickouts are to do again"
-        )
-        source.reopen(
-            user=None,
-            note=f"The re-import of retry #{attempt.pk} ended “{follow.status}”: {proof}, "
-            "so its kickouts are open again.",
-        )
+    proof = (
+        "EnergyCAP's counts show no bill imported"
+        if follow.proves_nothing_imported
+        else "its kickouts are to do again"
+    )
+    for source in ImportSnapshot.objects.filter(task_guid__in=attempt.source_guids):
+        if source.handled_reason == attempt.handled_reason:
+            source.reopen(
+                user=None,
+                note=f"The {attempt.noun} of retry #{attempt.pk} ended “{follow.status}”: "
+                f"{proof}, so its kickouts are open again.",
+            )
 
 
 def worth_trying_again(attempt: RetryAttempt) -> bool:

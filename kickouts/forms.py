@@ -19,10 +19,10 @@ from django.core.exceptions import ValidationError
 from django.template.defaultfilters import date as date_filter
 from django.utils import timezone
 
-from . import batch_modes
+from . import batch_modes, uploads
 from .energycap import EnergyCapError
 from .models import RetryAttempt
-from .payloads import Batch, CurrentUser
+from .payloads import Batch, CurrentUser, ImportProfile
 
 INT32_MAX = 2_147_483_647
 BATCH_CODE_MAX = 255  # EnergyCAP: newBatchCode is 0-255 characters.
@@ -257,14 +257,29 @@ class RetryForm(forms.Form):
         earlier = self.earlier_retry
         if earlier is None:
             return ""
-        when = date_filter(timezone.localtime(earlier.requested_at), "Y-m-d H:i T")
-        who = earlier.requested_by.get_full_name() or earlier.requested_by.get_username()
-        new_task = earlier.new_task_guid or "no task GUID recorded (outcome unknown)"
+        when, who, new_task = _earlier_words(earlier)
+        if earlier.is_corrected_file:
+            name = earlier.file.name if earlier.file else "a corrected file"
+            return (
+                f"These kickouts were already imported again by {who} on {when}, from the "
+                f"corrected file {name} (retry #{earlier.pk}, new task {new_task}). "
+                f"Re-importing them now creates duplicate bills."
+            )
         return (
             f"These kickouts were already re-imported by {who} on {when} "
             f"(retry #{earlier.pk}, new task {new_task}). Re-importing them again creates "
             f"duplicate bills."
         )
+
+    # What the duplicate rule says when the confirmation does not name the earlier import
+    # (`given`: the one it names, or None), and to whom a repeat is left.
+    def changed_since_message(self, given: int | None) -> str:
+        return (
+            "Another retry of this task was made since this form was opened. Read the "
+            "warning again and confirm."
+        )
+
+    only_supervisors = " Only a supervisor can re-import them again."
 
     # -- cleaning --
 
@@ -455,14 +470,12 @@ class RetryForm(forms.Form):
             return
         if not self.may_repeat:
             raise ValidationError(
-                self.duplicate_warning() + " Only a supervisor can re-import them again.",
+                self.duplicate_warning() + self.only_supervisors,
                 code="duplicate_needs_supervisor",
             )
         if data.get("duplicate_of") != earlier.pk:
             self.add_error(
-                "confirm_duplicate",
-                "Another retry of this task was made since this form was opened. Read the "
-                "warning again and confirm.",
+                "confirm_duplicate", self.changed_since_message(data.get("duplicate_of"))
             )
         elif not data.get("confirm_duplicate"):
             self.add_error(
@@ -509,7 +522,11 @@ class RetryForm(forms.Form):
                 else "close the API user's open batch first"
             ),
             "smart_path": self.smart_batch_path,
+            "bills": self.bills_words,
         }
+
+    # Which bills the review's sentence speaks of.
+    bills_words = "the re-imported bills"
 
 
 class BulkRetryForm(RetryForm):
@@ -561,6 +578,156 @@ class BulkRetryForm(RetryForm):
         )
 
 
+def _earlier_words(earlier: RetryAttempt) -> tuple[str, str, str]:
+    """When, by whom and with which new task an earlier import was made, in words."""
+    when = date_filter(timezone.localtime(earlier.requested_at), "Y-m-d H:i T")
+    who = earlier.requested_by.get_full_name() or earlier.requested_by.get_username()
+    new_task = earlier.new_task_guid or "no task GUID recorded (outcome unknown)"
+    return when, who, new_task
+
+
 def _batch_label(batch: Batch) -> str:
     count = f", {batch.bill_count} bills" if batch.bill_count is not None else ""
     return f"{batch.batch_code} (#{batch.batch_id}) — {batch.owner_name}{count}"
+
+
+ADVANCED_FORMAT = "EnergyCAP's Advanced format"
+FILE_EXTENSIONS = ",".join(f".{extension}" for extension in uploads.EXTENSIONS)
+
+
+class CorrectedFileForm(RetryForm):
+    """A corrected file for `POST /api/v3/import/bill`: the file, its import profile, and the
+    retry form's batch settings and notes with every one of their rules (inherited).
+
+    The file's checks are kickouts/uploads.py's; each problem becomes an error on the file
+    field, beside the kept choices. A file that passed its checks is stored at the review
+    (kickouts/corrected_files.py) and given back as `kept`, so the next steps of the same form
+    (its one-time token) need no new upload. The duplicate rule is the retry form's, about the
+    same file (same sha256) already imported for one of the sources: `find_same_file(sha256)`
+    finds that earlier import once the file is known.
+    """
+
+    profile = forms.ChoiceField(
+        label="Import profile",
+        required=False,
+        help_text="The profile that maps the file's columns; without one, EnergyCAP reads "
+        "the Advanced format's column names.",
+    )
+    confirm_rows = forms.BooleanField(label="Import it whole anyway", required=False)
+    # Last in the form's HTML: the upload limit stops reading the body in the file, and the
+    # fields before it are kept (kickouts/uploads.py, `accepts_corrected_file`).
+    file = forms.FileField(
+        label="Corrected file",
+        required=False,
+        allow_empty_file=True,  # said by the checks, in their words
+        widget=forms.FileInput(attrs={"accept": FILE_EXTENSIONS}),
+        help_text=(
+            "CSV, TXT, DAT, XLSX or ZIP, as EnergyCAP imports them; only the first sheet of a "
+            "workbook is read."
+        ),
+    )
+
+    only_supervisors = " Only a supervisor can import it again."
+    bills_words = "the file's bills"
+
+    def __init__(
+        self,
+        *args,
+        profiles: list[ImportProfile] | EnergyCapError,
+        kept=None,
+        refusal: uploads.UploadRefusal | None = None,
+        find_same_file: Callable[[str], RetryAttempt | None] = lambda sha256: None,
+        latest_imports: dict[str, RetryAttempt | None] | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        # Each source's latest import when the form was built, before it was checked: the
+        # import's place in each source's duplicate sequence follows it.
+        self.latest_imports = latest_imports or {}
+        self.profiles = profiles
+        self.kept = kept
+        self.refusal = refusal
+        self.find_same_file = find_same_file
+        # What the checks found: the upload of this request, or the kept one's record.
+        self.checked: uploads.CheckedFile | None = kept.checked() if kept is not None else None
+        self.uploaded: uploads.CheckedFile | None = None  # a new upload that passed its checks
+        listed = profiles if isinstance(profiles, list) else []
+        field = self.fields["profile"]
+        field.choices = [("", ADVANCED_FORMAT)] + [(p.code, p.label) for p in listed]
+        if isinstance(profiles, EnergyCapError):
+            field.help_text = (
+                f"EnergyCAP's import profiles could not be loaded ({profiles.message}), so the "
+                "file can only be read in the Advanced format."
+            )
+            field.error_messages["invalid_choice"] = (
+                "EnergyCAP's import profiles could not be loaded, so profile %(value)s cannot "
+                "be checked: choose the Advanced format, or review again in a moment."
+            )
+        else:
+            field.error_messages["invalid_choice"] = (
+                "%(value)s is not one of EnergyCAP's import profiles; choose one from the list."
+            )
+
+    def clean_file(self):
+        upload = self.cleaned_data.get("file")
+        if self.refusal is not None:
+            raise ValidationError(self.refusal.message, code="too_large")
+        if upload:
+            checked = uploads.check_file(upload)
+            if not checked.ok:
+                raise ValidationError([p.message for p in checked.problems], code="file_problem")
+            self.checked = self.uploaded = checked
+        if self.checked is None:
+            raise ValidationError(
+                "Choose the corrected file to import (CSV, TXT, DAT, XLSX or ZIP).",
+                code="required",
+            )
+        self.earlier_retry = self.find_same_file(self.checked.sha256)
+        if self.earlier_retry is not None:
+            self.fields["confirm_duplicate"].help_text = self.duplicate_warning()
+        return upload
+
+    def clean(self) -> dict:
+        data = super().clean()
+        checked = self.checked
+        if (
+            checked is not None
+            and "file" not in self.errors
+            and checked.needs_row_confirmation
+            and not data.get("confirm_rows")
+        ):
+            self.add_error("confirm_rows", checked.row_confirmation_message)
+        return data
+
+    def duplicate_warning(self) -> str:
+        earlier = self.earlier_retry
+        if earlier is None or self.checked is None:
+            return ""
+        when, who, new_task = _earlier_words(earlier)
+        return (
+            f"This file ({self.checked.name}, sha256 {self.checked.sha256[:12]}…) was already "
+            f"imported for {earlier.sources_label} by {who} on {when} (retry #{earlier.pk}, "
+            f"new task {new_task}). Importing it again imports its bills twice."
+        )
+
+    def changed_since_message(self, given: int | None) -> str:
+        if given is None:  # the file was not known when the form was shown
+            return "Tick this box to confirm that you want to import this file a second time."
+        return (
+            "Another import of this file was made since this form was shown. Read the warning "
+            "again and confirm."
+        )
+
+    @property
+    def profile_label(self) -> str:
+        code = (self.cleaned_data if hasattr(self, "cleaned_data") else {}).get("profile", "")
+        return dict(self.fields["profile"].choices).get(code, code) or ADVANCED_FORMAT
+
+    def payload(self) -> dict:
+        """The exact JSON body, with `data` shown as "<base64 of N bytes>": the bytes are the
+        stored file's, added when it is sent (kickouts/corrected_files.py)."""
+        checked = self.checked
+        head: dict = {"fileName": checked.name, "data": f"<base64 of {checked.size} bytes>"}
+        if self.cleaned_data.get("profile"):
+            head["profileCode"] = self.cleaned_data["profile"]
+        return {**head, **super().payload()}

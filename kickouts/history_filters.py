@@ -21,7 +21,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from . import batch_modes
-from .models import FollowUp, Outcome, RetryAttempt
+from .models import FollowUp, Kind, Outcome, RetryAttempt
 
 # Rows a page: rendering them is most of the page's time (README, Benchmarks); 25 unless
 # the reader chooses more.
@@ -32,7 +32,8 @@ STILL_RUNNING = "running"
 STILL_KICKING_OUT = "still_kicking_out"
 # What links keep; the last, the page size, narrows nothing.
 FILTERS = (
-    *("user", "date_from", "date_to", "outcome", "final_status", "batch_mode", "bulk", "q"),
+    *("user", "date_from", "date_to", "kind", "outcome", "final_status", "batch_mode", "bulk"),
+    "q",
     "per_page",
 )
 FINAL_STATUS_CACHE_KEY = "history:final-statuses"
@@ -126,6 +127,13 @@ class HistoryFilterForm(forms.Form):
         label="To",
         widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
         error_messages={"invalid": "Enter a date like 2026-11-20."},
+    )
+    kind = forms.ChoiceField(
+        required=False,
+        widget=forms.Select,
+        label="Kind",
+        choices=[("", "Re-imports and corrected files"), *Kind.choices],
+        error_messages={"invalid_choice": "Choose re-imports or corrected files from the list."},
     )
     outcome = forms.ChoiceField(
         required=False,
@@ -298,6 +306,8 @@ def filter_retries(retries: QuerySet, filters: dict) -> QuerySet:
         retries = retries.filter(requested_at__gte=_start_of(filters["date_from"]))
     if filters.get("date_to"):
         retries = retries.filter(requested_at__lt=_start_of(filters["date_to"] + timedelta(1)))
+    if filters.get("kind"):
+        retries = retries.filter(kind=filters["kind"])
     if filters.get("outcome"):
         retries = retries.filter(outcome=filters["outcome"])
     if filters.get("final_status") == STILL_RUNNING:

@@ -1,7 +1,8 @@
 """The chain original task → retry → new task → its retry …, from our own records.
 
-EnergyCAP keeps no link from a re-import task back to its source, so the
-dashboard's retry records are the only lineage there is.
+EnergyCAP keeps no link from a re-import task (or a corrected file's import) back to its
+source, so the dashboard's retry records are the only lineage there is. A corrected file for
+several imports is in the chain of each of them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def for_task(guid: str) -> Lineage:
     for _ in range(MAX_DEPTH):
         parent = (
             RetryAttempt.objects.filter(new_task_guid=current)
-            .select_related("requested_by", "follow_up", "comparison")
+            .select_related("requested_by", "follow_up", "comparison", "corrected_file")
             .first()
         )
         if parent is None or parent.source_task_guid in seen:
@@ -43,18 +44,27 @@ def for_task(guid: str) -> Lineage:
         result.ancestors.insert(0, parent)
         seen.add(parent.source_task_guid)
         current = parent.source_task_guid
-    # One query per generation, not per retry.
+    # Three queries per generation (the retries, their other sources), not per retry.
     frontier = [guid]
+    listed: set[int] = set()
     for depth in range(MAX_DEPTH):
-        children = list(
-            RetryAttempt.objects.filter(source_task_guid__in=frontier)
-            .select_related("requested_by", "follow_up", "comparison")
+        children = [
+            retry
+            for retry in RetryAttempt.objects.touching(frontier)
+            .select_related("requested_by", "follow_up", "comparison", "corrected_file")
+            .prefetch_related("sources")
             .order_by("requested_at", "id")
-        )
+            if retry.pk not in listed
+        ]
         if not children:
             break
         next_frontier = []
         for retry in children:
+            listed.add(retry.pk)
+            # Its place in the chain: under the first of its sources in this generation.
+            retry.chain_parent = next(
+                (g for g in retry.source_guids if g in frontier), retry.source_task_guid
+            )
             result.descendants.append((depth, retry))
             if retry.new_task_guid and retry.new_task_guid not in seen:
                 seen.add(retry.new_task_guid)
@@ -70,7 +80,7 @@ def _depth_first(flat: list[tuple[int, RetryAttempt]]) -> list[tuple[int, RetryA
     """Order generations so each retry is followed by the retries of its new task."""
     children: dict[str, list[tuple[int, RetryAttempt]]] = {}
     for depth, retry in flat:
-        children.setdefault(retry.source_task_guid, []).append((depth, retry))
+        children.setdefault(retry.chain_parent, []).append((depth, retry))
     roots = [item for item in flat if item[0] == 0]
     ordered: list[tuple[int, RetryAttempt]] = []
 

@@ -1,8 +1,10 @@
 """The retry record and its life cycle.
 
-A `RetryAttempt` is written *before* the kickout re-import is sent and updated
-with the outcome after it, so a crash between the two leaves an honest
-"submitting" row that later turns into "outcome unknown", never a silent gap.
+A `RetryAttempt` is written *before* the import is sent (a kickout re-import, or a corrected
+file: its `kind`) and updated with the outcome after it, so a crash between the two leaves an
+honest "submitting" row that later turns into "outcome unknown", never a silent gap. Every
+change of its outcome goes through `set_outcome`, which keeps its sources' copy of it
+(`RetrySource`, kickouts/corrected_file_models.py) in the same transaction.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
@@ -19,6 +22,24 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 
 from . import batch_modes
+from .corrected_file_models import MAY_HAVE_IMPORTED_VALUES, CorrectedFile, RetrySource
+from .queue_models import HandledReason
+
+
+class Kind(models.TextChoices):
+    """What a retry sends: the import's kickout files again, or a file a clerk corrected."""
+
+    REIMPORT = "reimport", "Re-import"
+    CORRECTED_FILE = "corrected_file", "Corrected file"
+
+
+# How the pages and emails name each kind's import, and the handled reason it gives its
+# sources in the kickout queue.
+KIND_NOUNS = {Kind.REIMPORT: "re-import", Kind.CORRECTED_FILE: "corrected-file import"}
+KIND_REASONS = {
+    Kind.REIMPORT: HandledReason.REIMPORTED,
+    Kind.CORRECTED_FILE: HandledReason.CORRECTED_FILE,
+}
 
 
 class Outcome(models.TextChoices):
@@ -31,9 +52,10 @@ class Outcome(models.TextChoices):
     NONE_IMPORTED = "none_imported", "Nothing imported"
 
 
-# Outcomes after which EnergyCAP may hold a new import of the same kickouts:
-# another retry of the same task would import the bills twice.
-MAY_HAVE_IMPORTED = [Outcome.SUBMITTING, Outcome.SUBMITTED, Outcome.UNKNOWN]
+# Outcomes after which EnergyCAP may hold a new import of the same kickouts: another retry
+# of the same task would import the bills twice (submitting, submitted, outcome unknown; the
+# values are listed where the per-source constraints use them too).
+MAY_HAVE_IMPORTED = [Outcome(value) for value in MAY_HAVE_IMPORTED_VALUES]
 
 
 class CompareState(models.TextChoices):
@@ -51,6 +73,16 @@ class Reconciled(models.TextChoices):
     UNDECIDED = "", "Undecided"
     LINKED = "linked", "Linked to an EnergyCAP task"
     NONE_STARTED = "none_started", "Nothing was imported"
+
+
+@dataclass(frozen=True)
+class SourceSlot:
+    """One source import of a retry as `RetryAttempt.start` records it: the import, and its
+    number among the imports of that source that may have imported."""
+
+    guid: str
+    task_id: int | None
+    duplicate_sequence: int = 0
 
 
 class RetryInFlight(Exception):
@@ -100,31 +132,52 @@ class RetryAttemptQuerySet(models.QuerySet):
     def may_have_imported(self) -> RetryAttemptQuerySet:
         return self.filter(outcome__in=MAY_HAVE_IMPORTED)
 
+    def touching(self, guids) -> RetryAttemptQuerySet:
+        """Retries with any of these imports among their sources: as their first source, or
+        as another source of a corrected file (two index lookups, not a join)."""
+        guids = list(guids)
+        others = RetrySource.objects.filter(task_guid__in=guids).values_list("retry_id", flat=True)
+        return self.filter(Q(source_task_guid__in=guids) | Q(pk__in=list(others)))
+
     def latest_import_of(self, task_guid: str) -> RetryAttempt | None:
-        """The newest retry of this task that may have imported its kickouts (a record left
-        "submitting" by a process that died is settled first, once its lease has passed)."""
-        expire_stale_submissions(self.filter(source_task_guid=task_guid))
-        return (
-            self.filter(source_task_guid=task_guid)
-            .may_have_imported()
-            .select_related("requested_by")
-            .order_by("-duplicate_sequence", "-requested_at")
-            .first()
+        """The latest import of this task's kickouts that may have imported them: a re-import,
+        or a corrected file with this task among its sources (a record left "submitting" by a
+        process that died is settled first, once its lease has passed). The latest is the one
+        with the highest number in this task's duplicate sequence."""
+        touching = self.touching([task_guid])
+        expire_stale_submissions(touching)
+        imports = (
+            touching.may_have_imported()
+            .select_related("requested_by", "corrected_file")
+            .prefetch_related("sources")
+        )
+        return max(
+            imports,
+            key=lambda retry: (retry.sequence_of(task_guid), retry.requested_at, retry.pk),
+            default=None,
         )
 
     def summary_by_source(self, guids: list[str]) -> dict[str, RetrySummary]:
-        """Retry count and latest outcome per source task, in one query."""
+        """Retry count and latest outcome per source task (corrected files for several imports
+        count for each), in two queries."""
+        wanted = set(guids)
+        others: dict[int, set[str]] = {}
+        for pk, guid in RetrySource.objects.filter(task_guid__in=guids).values_list(
+            "retry_id", "task_guid"
+        ):
+            others.setdefault(pk, set()).add(guid)
         summaries: dict[str, RetrySummary] = {}
         rows = (
-            self.filter(source_task_guid__in=guids)
+            self.filter(Q(source_task_guid__in=guids) | Q(pk__in=list(others)))
             .order_by("-requested_at", "-id")
             .values_list("source_task_guid", "outcome", "pk")
         )
-        for guid, outcome, pk in rows:
-            if guid in summaries:
-                summaries[guid].count += 1
-            else:
-                summaries[guid] = RetrySummary(count=1, latest_outcome=outcome, latest_pk=pk)
+        for first, outcome, pk in rows:
+            for guid in ({first} | others.get(pk, set())) & wanted:
+                if guid in summaries:
+                    summaries[guid].count += 1
+                else:
+                    summaries[guid] = RetrySummary(count=1, latest_outcome=outcome, latest_pk=pk)
         return summaries
 
     def unfinished(self) -> RetryAttemptQuerySet:
@@ -133,17 +186,20 @@ class RetryAttemptQuerySet(models.QuerySet):
 
 
 class RetryAttempt(models.Model):
-    """One request by a dashboard user to re-import a task's kickouts: what was asked, and
-    what EnergyCAP answered. What happened after the answer has records of its own: the new
-    task's follow-up (`FollowUp`), its before and after (`Comparison`), a supervisor's
-    decisions on a lost answer (`ReconcileDecision`)."""
+    """One request by a dashboard user to import a task's kickouts again (re-import them, or
+    import a corrected file): what was asked, and what EnergyCAP answered. What happened after
+    the answer has records of its own: the new task's follow-up (`FollowUp`), its before and
+    after (`Comparison`), a supervisor's decisions on a lost answer (`ReconcileDecision`); a
+    corrected file's sources (`RetrySource`) and the file (`CorrectedFile`)."""
 
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.REIMPORT)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="retry_attempts"
     )
     requested_at = models.DateTimeField(default=timezone.now)
     form_token = models.UUIDField(unique=True, help_text="One-time token of the submitted form.")
 
+    # The source import (a corrected file's first; each one is a `RetrySource`).
     source_task_guid = models.CharField(max_length=36)
     source_task_id = models.IntegerField(null=True, blank=True)
     source_status = models.CharField(max_length=100, blank=True)
@@ -163,6 +219,7 @@ class RetryAttempt(models.Model):
     batch_mode = models.CharField(max_length=40, choices=batch_modes.CHOICES)
     batch_code = models.CharField(max_length=255, blank=True)
     import_note = models.TextField(blank=True)
+    # A corrected file's `data` is kept as "<base64 of N bytes>": its bytes are the stored file.
     payload = models.JSONField(help_text="The exact JSON body sent to EnergyCAP.")
     # The bulk retry this retry was one import of (kickouts/bulk.py), if any.
     bulk = models.ForeignKey(
@@ -224,6 +281,12 @@ class RetryAttempt(models.Model):
             models.Index(fields=["batch_mode", "-requested_at"], name="retry_mode_time"),
             models.Index(fields=["-requested_at", "-id"], name="retry_time"),
             models.Index(fields=["batch_code"], name="retry_batch_code"),
+            # The history's kind filter: corrected files are the few.
+            models.Index(
+                fields=["-requested_at", "-id"],
+                condition=Q(kind="corrected_file"),
+                name="retry_corrected_time",
+            ),
             # Submissions whose process may have died mid-call (`expire_stale_submissions`).
             models.Index(
                 fields=["requested_at"],
@@ -246,6 +309,15 @@ class RetryAttempt(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("retry_detail", args=[self.pk])
 
+    @property
+    def try_again_url(self) -> str:
+        """The form that sends the same settings again: the task's retry panel, or the
+        corrected-file form for the same sources (the file is chosen again)."""
+        if self.is_corrected_file:
+            query = urlencode([("task", guid) for guid in self.source_guids] + [("again", self.pk)])
+            return f"{reverse('corrected_file_form')}?{query}"
+        return f"{reverse('task_detail', args=[self.source_task_guid])}?again={self.pk}#retry-panel"
+
     # -- life cycle --
 
     @classmethod
@@ -261,18 +333,33 @@ class RetryAttempt(models.Model):
         payload: dict,
         confirmed_duplicate_of: RetryAttempt | None = None,
         bulk=None,
+        kind: str = Kind.REIMPORT,
+        sources: list[SourceSlot] | None = None,
+        corrected_file: CorrectedFile | None = None,
     ) -> RetryAttempt:
-        """Write the record in state "submitting", before anything is sent.
+        """Write the record in state "submitting", with its sources, before anything is sent.
+
+        `source_task` is the (first) source import. A re-import's one source follows the
+        confirmed duplicate in its sequence (0 without one); a corrected file gives each of
+        its `sources` with its sequence, and the `corrected_file` it sends, linked to the
+        record in the same transaction.
 
         Raises DuplicateToken when this form was already submitted, and
-        RetryInFlight when the database refuses a second import of the task.
+        RetryInFlight when the database refuses a second import of a source.
         """
         existing = cls.objects.filter(form_token=form_token).first()
         if existing is not None:
             raise DuplicateToken(existing)
-        expire_stale_submissions(cls.objects.filter(source_task_guid=source_task.guid))
-        sequence = confirmed_duplicate_of.duplicate_sequence + 1 if confirmed_duplicate_of else 0
+        if sources is None:
+            sequence = (
+                confirmed_duplicate_of.sequence_of(source_task.guid) + 1
+                if confirmed_duplicate_of
+                else 0
+            )
+            sources = [SourceSlot(source_task.guid, source_task.task_id, sequence)]
+        expire_stale_submissions(cls.objects.touching(s.guid for s in sources))
         fields = dict(
+            kind=kind,
             requested_by=user,
             form_token=form_token,
             source_task_guid=source_task.guid,
@@ -280,16 +367,33 @@ class RetryAttempt(models.Model):
             source_status=source_task.status,
             parent=cls.objects.filter(new_task_guid=source_task.guid).first(),
             confirmed_duplicate_of=confirmed_duplicate_of,
-            duplicate_sequence=sequence,
+            duplicate_sequence=sources[0].duplicate_sequence,
             batch_mode=batch_mode,
             batch_code=batch_code,
             import_note=import_note,
             payload=payload,
             bulk=bulk,
         )
+
+        def record(**more) -> RetryAttempt:
+            attempt = cls.objects.create(**fields, **more)
+            RetrySource.objects.bulk_create(
+                RetrySource(
+                    retry=attempt,
+                    task_guid=slot.guid,
+                    task_id=slot.task_id,
+                    duplicate_sequence=slot.duplicate_sequence,
+                    outcome=attempt.outcome,
+                )
+                for slot in sources
+            )
+            if corrected_file is not None:
+                CorrectedFile.objects.filter(pk=corrected_file.pk, retry=None).update(retry=attempt)
+            return attempt
+
         try:
             with transaction.atomic():
-                return cls.objects.create(**fields)
+                return record()
         except IntegrityError:
             existing = cls.objects.filter(form_token=form_token).first()
             if existing is not None:
@@ -297,15 +401,19 @@ class RetryAttempt(models.Model):
         # The database refused a second import of the same kickouts. The request
         # still leaves a record, so the history shows who asked and why nothing
         # was sent.
-        refused = cls.objects.create(
-            **fields,
-            outcome=Outcome.NOT_SENT,
-            answered_at=timezone.now(),
-            upstream_message=(
-                "Not sent: another retry of this task was being sent or had just been "
-                "made. Check the task's retries before trying again."
-            ),
-        )
+        with transaction.atomic():
+            refused = record(
+                outcome=Outcome.NOT_SENT,
+                answered_at=timezone.now(),
+                upstream_message=(
+                    "Not sent: another retry of this task was being sent or had just been "
+                    "made. Check the task's retries before trying again."
+                    if kind == Kind.REIMPORT
+                    else "Not sent: another import of these kickouts (a re-import or a "
+                    "corrected file) was being sent or had just been made. Check the "
+                    "imports' retries before trying again."
+                ),
+            )
         raise RetryInFlight(refused)
 
     def mark_sending(self) -> None:
@@ -322,9 +430,7 @@ class RetryAttempt(models.Model):
             "new_task_guid": new_task_guid,
             "answered_at": timezone.now(),
         }
-        recorded = RetryAttempt.objects.filter(pk=self.pk, outcome=Outcome.SUBMITTING).update(
-            **values
-        )
+        recorded = set_outcome(self.pk, expected=Outcome.SUBMITTING, **values)
         if recorded:
             for name, value in values.items():
                 setattr(self, name, value)
@@ -347,9 +453,7 @@ class RetryAttempt(models.Model):
     def mark_imported_nothing(self) -> bool:
         """The new import ended "Failed" and its counts prove no bill was imported: the task
         may be retried again without the duplicate confirmation (kickouts/compare.py)."""
-        changed = RetryAttempt.objects.filter(pk=self.pk, outcome=Outcome.SUBMITTED).update(
-            outcome=Outcome.NONE_IMPORTED
-        )
+        changed = set_outcome(self.pk, expected=Outcome.SUBMITTED, outcome=Outcome.NONE_IMPORTED)
         if changed:
             self.outcome = Outcome.NONE_IMPORTED
         return bool(changed)
@@ -366,15 +470,14 @@ class RetryAttempt(models.Model):
         self.reconciled_by = user
         self.reconciled_at = timezone.now()
         self.reconciled_note = note
-        self.save(
-            update_fields=[
-                "outcome",
-                "new_task_guid",
-                "reconciled",
-                "reconciled_by",
-                "reconciled_at",
-                "reconciled_note",
-            ]
+        set_outcome(
+            self.pk,
+            outcome=self.outcome,
+            new_task_guid=self.new_task_guid,
+            reconciled=self.reconciled,
+            reconciled_by=self.reconciled_by,
+            reconciled_at=self.reconciled_at,
+            reconciled_note=self.reconciled_note,
         )
 
     def unmark_reconciled(self) -> None:
@@ -391,7 +494,7 @@ class RetryAttempt(models.Model):
             values.update(new_task_guid="", new_task_id=None)
             FollowUp.objects.filter(retry=self).delete()
             Comparison.objects.filter(retry=self).delete()
-        RetryAttempt.objects.filter(pk=self.pk).update(**values)
+        set_outcome(self.pk, **values)
         self.refresh_from_db()
         for name in ("follow_up", "comparison"):
             self._state.fields_cache.pop(name, None)
@@ -407,6 +510,68 @@ class RetryAttempt(models.Model):
     @property
     def may_have_imported(self) -> bool:
         return self.outcome in MAY_HAVE_IMPORTED
+
+    @property
+    def is_corrected_file(self) -> bool:
+        return self.kind == Kind.CORRECTED_FILE
+
+    @property
+    def noun(self) -> str:
+        """How pages and emails name what was sent: "re-import", "corrected-file import"."""
+        return KIND_NOUNS.get(self.kind, "import")
+
+    @property
+    def chain_label(self) -> str:
+        """How the retry chain names it: "retry #12", "corrected file #13 (bills.csv)"."""
+        if not self.is_corrected_file:
+            return f"retry #{self.pk}"
+        return f"corrected file #{self.pk}" + (f" ({self.file.name})" if self.file else "")
+
+    @property
+    def handled_reason(self) -> str:
+        """The handled reason this retry gives its source imports in the kickout queue."""
+        return KIND_REASONS.get(self.kind, HandledReason.REIMPORTED)
+
+    @cached_property
+    def source_list(self) -> list[RetrySource]:
+        """Every source import, the first first (a record without rows: its one source)."""
+        found = list(self.sources.all())
+        return found or [
+            RetrySource(
+                retry=self,
+                task_guid=self.source_task_guid,
+                task_id=self.source_task_id,
+                duplicate_sequence=self.duplicate_sequence,
+                outcome=self.outcome,
+            )
+        ]
+
+    @property
+    def source_guids(self) -> list[str]:
+        return [source.task_guid for source in self.source_list]
+
+    @property
+    def sources_label(self) -> str:
+        """ "Import 47223" or "Import 47223, Import 47224 and Import 47230"."""
+        labels = [import_label(s.task_id, s.task_guid) for s in self.source_list]
+        return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+    def sequence_of(self, guid: str) -> int:
+        """This retry's number among the imports of source `guid` that may have imported."""
+        return next(
+            (s.duplicate_sequence for s in self.source_list if s.task_guid == guid),
+            self.duplicate_sequence,
+        )
+
+    @cached_property
+    def file(self) -> CorrectedFile | None:
+        """A corrected file's stored file, or None (a re-import)."""
+        if not self.is_corrected_file:
+            return None
+        try:
+            return self.corrected_file
+        except CorrectedFile.DoesNotExist:
+            return None
 
     @property
     def source_label(self) -> str:
@@ -454,13 +619,27 @@ def send_lease() -> timedelta:
 
 
 STALE_SENT = (
-    "The dashboard stopped while this re-import was being sent; EnergyCAP may have started it. "
+    "The dashboard stopped while this import was being sent; EnergyCAP may have started it. "
     "It is never re-sent: check the task list before retrying."
 )
 STALE_NOT_SENT = (
     "Not sent: the dashboard stopped before it sent anything to EnergyCAP. Nothing was "
     "imported: you may try again."
 )
+
+
+def set_outcome(pk: int, *, expected: str | None = None, **values) -> bool:
+    """Change a retry's fields (its outcome among them) from the `expected` outcome (any when
+    None), and its sources' copy of the outcome, in one transaction. Raises IntegrityError
+    when a source's constraint refuses the new outcome (another import took its place)."""
+    with transaction.atomic():
+        retries = RetryAttempt.objects.filter(pk=pk)
+        if expected is not None:
+            retries = retries.filter(outcome=expected)
+        changed = retries.update(**values)
+        if changed and "outcome" in values:
+            RetrySource.objects.filter(retry_id=pk).update(outcome=values["outcome"])
+    return bool(changed)
 
 
 def expire_stale_submissions(retries=None, now=None) -> list[int]:
@@ -480,9 +659,7 @@ def expire_stale_submissions(retries=None, now=None) -> list[int]:
             values = {"outcome": Outcome.NOT_SENT, "upstream_message": STALE_NOT_SENT}
         else:
             continue
-        if RetryAttempt.objects.filter(pk=pk, outcome=Outcome.SUBMITTING).update(
-            answered_at=now, **values
-        ):
+        if set_outcome(pk, expected=Outcome.SUBMITTING, answered_at=now, **values):
             settled.append(pk)
     return settled
 

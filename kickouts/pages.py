@@ -7,11 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+from django.db.models import Count
+
 from . import choices, energycap, snapshots
 from .energycap import Answer, EnergyCapError
 from .forms import BatchChoices, RetryForm
-from .models import RetryAttempt
-from .payloads import KickoutGrid, KickoutSummary, Task
+from .models import RetryAttempt, import_label
+from .payloads import ImportProfile, KickoutGrid, KickoutSummary, Task
+from .queue_models import ImportSnapshot, KickoutRow, SnapshotState
 
 
 @dataclass(frozen=True)
@@ -101,3 +104,115 @@ def _choices(
         return needed.choices(answers)
     except EnergyCapError as exc:
         return exc
+
+
+@dataclass(frozen=True)
+class Source:
+    """One import a corrected file corrects: its stored kickouts, or why it cannot be one."""
+
+    guid: str
+    snapshot: ImportSnapshot | None = None  # an ended import with kickouts, as stored
+    messages: tuple[tuple[str, int], ...] = ()  # (kickout message, rows), most rows first
+    error: EnergyCapError | None = None  # EnergyCAP could not tell
+    reason: str = ""  # why it is not an import with kickouts to correct
+
+    @property
+    def usable(self) -> bool:
+        return self.snapshot is not None and not self.reason and self.error is None
+
+    @property
+    def task_id(self) -> int | None:
+        return self.snapshot.task_id if self.snapshot is not None else None
+
+    @property
+    def label(self) -> str:
+        return import_label(self.task_id, self.guid)
+
+    @property
+    def rows(self) -> int:
+        return sum(count for _, count in self.messages)
+
+
+@dataclass(frozen=True)
+class CorrectedFilePageData:
+    """The corrected-file form (each of its steps): the source imports, the batch-mode form's
+    choices and EnergyCAP's import profiles, each a value or the typed error that kept it."""
+
+    sources: list[Source]
+    choices: BatchChoices | EnergyCapError
+    profiles: list[ImportProfile] | EnergyCapError
+
+    @property
+    def usable_sources(self) -> list[Source]:
+        return [source for source in self.sources if source.usable]
+
+
+def load_corrected_file_page(guids: list[str]) -> CorrectedFilePageData:
+    """The sources (stored kickouts first: only those not stored yet are asked for, their
+    task and kickouts at once), the batches and the profiles, all asked at once."""
+    api = energycap.client()
+    stored = {
+        snapshot.task_guid: snapshot
+        for snapshot in ImportSnapshot.objects.filter(
+            task_guid__in=guids, state=SnapshotState.READY
+        )
+    }
+    missing = [guid for guid in guids if guid not in stored]
+    needed = choices.choice_calls(api)
+    calls: list = [api.import_profiles, *needed.calls()]
+    for guid in missing:
+        calls += [partial(api.get_task, guid), *snapshots.kickout_calls(api, guid)]
+    profiles_answer, *answers = api.at_once(*calls)
+    choice_answers = answers[: len(needed.calls())]
+    asked = answers[len(needed.calls()) :]
+    found: dict[str, Source] = {}
+    for index, guid in enumerate(missing):
+        task_answer, summary, detail = asked[3 * index : 3 * index + 3]
+        found[guid] = _new_source(
+            guid, task_answer, snapshots.Answered(summary=summary, detail=detail)
+        )
+    counts = _message_counts([s.pk for s in stored.values()])
+    for guid, snapshot in stored.items():
+        found[guid] = Source(guid, snapshot, counts.get(snapshot.pk, ()))
+    try:
+        profiles: list[ImportProfile] | EnergyCapError = profiles_answer.get()
+    except EnergyCapError as exc:
+        profiles = exc
+    return CorrectedFilePageData(
+        sources=[found[guid] for guid in guids],
+        choices=_choices(needed, choice_answers),
+        profiles=profiles,
+    )
+
+
+def _new_source(guid: str, task_answer: Answer, answered: snapshots.Answered) -> Source:
+    try:
+        task = task_answer.get()
+        if not task.can_retry_kickouts:
+            return Source(guid, reason=_why_not_a_source(task))
+        snapshot = snapshots.ensure_snapshot(task, answered)
+    except EnergyCapError as exc:
+        return Source(guid, error=exc)
+    return Source(guid, snapshot, _message_counts([snapshot.pk]).get(snapshot.pk, ()))
+
+
+def _why_not_a_source(task: Task) -> str:
+    if not task.is_bill_import:
+        return "it is not a bill import, so it has no kickouts"
+    if task.is_running:
+        return "it is still running: its kickouts are known once it ends"
+    return f"it ended “{task.status or 'without a status'}”, without kickouts to correct"
+
+
+def _message_counts(snapshot_ids: list[int]) -> dict[int, tuple[tuple[str, int], ...]]:
+    """Each stored import's kickout messages with their rows, in one query."""
+    counts: dict[int, list[tuple[str, int]]] = {}
+    rows = (
+        KickoutRow.objects.filter(snapshot_id__in=snapshot_ids)
+        .values_list("snapshot_id", "message")
+        .annotate(rows=Count("id"))
+        .order_by("snapshot_id", "-rows", "message")
+    )
+    for snapshot_id, message, count in rows:
+        counts.setdefault(snapshot_id, []).append((message, count))
+    return {pk: tuple(items) for pk, items in counts.items()}

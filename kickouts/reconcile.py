@@ -1,6 +1,7 @@
 """Settling an "outcome unknown" retry from EnergyCAP's own task list.
 
-A re-import is a bill import begun by the API key's user a few seconds after the POST, so the
+A re-import (or a corrected file's import: the same for EnergyCAP) is a bill import begun by
+the API key's user a few seconds after the POST, so the
 candidates are the bill imports that user began between one minute before the POST and fifteen
 minutes after it. The dashboard only lists them (marking a single one "likely"); a supervisor
 decides: *linked* (this task is the re-import: the retry becomes submitted and is followed and
@@ -27,7 +28,7 @@ from .models import (
     RetryAttempt,
 )
 from .payloads import Task
-from .queue_models import HandledReason, ImportSnapshot
+from .queue_models import ImportSnapshot
 
 BEFORE_POST = timedelta(minutes=1)
 AFTER_POST = timedelta(minutes=15)
@@ -87,8 +88,9 @@ def candidates(attempt: RetryAttempt) -> list[Candidate]:
         ("fullName", "equals", api_user(api).full_name),
     ]
     page = api.list_bill_import_tasks(filter_clauses=clauses, page_size=MAX_CANDIDATES)
+    sources = set(attempt.source_guids)
     tasks = sorted(
-        (t for t in page.items if t.guid != attempt.source_task_guid),
+        (t for t in page.items if t.guid not in sources),
         key=lambda t: (t.begin_date is None, t.begin_date),
     )
     taken = dict(
@@ -138,14 +140,15 @@ def link(attempt: RetryAttempt, *, user, task_guid: str, note: str = "") -> Retr
             Reconciled.LINKED, user=user, note=note, new_task_guid=chosen.task.guid
         )
         _decide(locked, user=user, decision=Reconciled.LINKED, note=note, task=chosen.task)
-        # The source import leaves the kickout queue as re-imported, as at a submit.
-        source = ImportSnapshot.objects.filter(task_guid=locked.source_task_guid).first()
-        if source is not None and not source.is_handled:
-            source.mark_handled(
-                user=user,
-                reason=HandledReason.REIMPORTED,
-                note=f"Re-import found in EnergyCAP's task list for retry #{locked.pk}.",
-            )
+        # The source imports leave the kickout queue as at a submit.
+        for source in ImportSnapshot.objects.filter(task_guid__in=locked.source_guids):
+            if not source.is_handled:
+                source.mark_handled(
+                    user=user,
+                    reason=locked.handled_reason,
+                    note=f"The {locked.noun} of retry #{locked.pk}, found in EnergyCAP's task "
+                    "list.",
+                )
         follow_up.start(locked)
     return locked
 

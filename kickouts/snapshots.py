@@ -426,6 +426,18 @@ def mark_reimported(task: Task, user) -> None:
         )
 
 
+def mark_corrected(sources: Iterable[ImportSnapshot], user, retry_pk: int) -> None:
+    """A corrected file imported through the dashboard takes its source imports out of the
+    queue by itself, as a re-import does."""
+    for snapshot in sources:
+        if snapshot.handled_reason != HandledReason.CORRECTED_FILE:
+            snapshot.mark_handled(
+                user=user,
+                reason=HandledReason.CORRECTED_FILE,
+                note=f"Corrected file imported through the dashboard (retry #{retry_pk}).",
+            )
+
+
 # -- in the background (Django's Tasks framework) ---------------------------------------
 
 # The queue page asks for a fresh listing of its period at most this often (all processes).

@@ -132,6 +132,31 @@ class InnerFile:
     columns: int  # how many columns the header has (the preview shows at most 60)
 
 
+def inner_file_json(inner: InnerFile) -> dict[str, Any]:
+    """An inner file as stored with the upload (`CorrectedFile.files`)."""
+    return {
+        "name": inner.name,
+        "kind": inner.kind,
+        "size": inner.size,
+        "rows": inner.rows,
+        "columns": inner.columns,
+        "header": list(inner.header),
+        "preview": [list(row) for row in inner.preview],
+    }
+
+
+def inner_file_from_json(data: dict[str, Any]) -> InnerFile:
+    return InnerFile(
+        name=str(data.get("name", "")),
+        kind=str(data.get("kind", "")),
+        size=int(data.get("size", 0)),
+        rows=int(data.get("rows", 0)),
+        header=tuple(str(cell) for cell in data.get("header", ())),
+        preview=tuple(tuple(str(cell) for cell in row) for row in data.get("preview", ())),
+        columns=int(data.get("columns", 0)),
+    )
+
+
 @dataclass(frozen=True)
 class CheckedFile:
     name: str  # the safe base name, sent as EnergyCAP's fileName
@@ -737,12 +762,20 @@ def _short(text: str) -> str:
 def base64_data(upload: File) -> str:
     """The file's bytes in base64 for the body's ``data``, encoded a chunk at a time (chunks
     of a multiple of 3 bytes encode alone) so only the text is held whole, not the bytes too."""
+    return base64_and_sha256(upload)[0]
+
+
+def base64_and_sha256(upload: File) -> tuple[str, str]:
+    """`base64_data` and the sha256 of the same bytes, read once: what is sent is provably
+    the file that was reviewed."""
     upload.seek(0)
     stream = upload.file if getattr(upload, "file", None) is not None else upload
+    digest = hashlib.sha256()
     pieces = []
     while chunk := stream.read(3 * CHUNK_BYTES):
+        digest.update(chunk)
         pieces.append(base64.b64encode(chunk).decode("ascii"))
-    return "".join(pieces)
+    return "".join(pieces), digest.hexdigest()
 
 
 # --- refusing a body over the limit before it is read ---------------------------------------

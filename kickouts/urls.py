@@ -1,7 +1,17 @@
 from django.urls import path, register_converter
 
 from .converters import GuidConverter
-from .views import account, bulk, health, history, queue, reconcile, retries, tasks
+from .views import (
+    account,
+    bulk,
+    corrected_files,
+    health,
+    history,
+    queue,
+    reconcile,
+    retries,
+    tasks,
+)
 
 register_converter(GuidConverter, "guid")
 
@@ -14,6 +24,12 @@ urlpatterns = [
     path("retries/<int:pk>/status/", retries.status_panel, name="status_panel"),
     path("retries/<int:pk>/reconcile/", reconcile.decide, name="reconcile_retry"),
     path("retries/waiting/", reconcile.waiting_for_decision, name="waiting_for_decision"),
+    path("corrected-file/", corrected_files.corrected_file_form, name="corrected_file_form"),
+    path(
+        "retries/<int:pk>/file/",
+        corrected_files.corrected_file_download,
+        name="corrected_file_download",
+    ),
     path("bulk/", bulk.bulk_form, name="bulk_form"),
     path("bulk/<int:pk>/", bulk.bulk_detail, name="bulk_detail"),
     path("bulk/<int:pk>/cancel/", bulk.bulk_cancel, name="bulk_cancel"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.core.cache import cache
-from django.test import Client
+from django.test import Client, override_settings
 
 from kickouts.roles import ensure_roles
 from kickouts.sandbox.control import SandboxControl
@@ -37,6 +37,14 @@ def sandbox(sandbox_process, settings) -> SandboxControl:
     cache.clear()
     yield control
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def media_root(tmp_path):
+    """Uploads (corrected files) are stored in the test's own folder. Not through the
+    `settings` fixture: some tests parametrize an argument of that name."""
+    with override_settings(MEDIA_ROOT=str(tmp_path / "media")):
+        yield tmp_path / "media"
 
 
 @pytest.fixture

@@ -13,11 +13,13 @@ from kickouts.models import (
     FollowUp,
     Outcome,
     RetryAttempt,
+    RetrySource,
 )
 
 
 def make_retry(user, **fields) -> RetryAttempt:
-    """A submitted retry of a fresh task by `user`; any field can be given instead."""
+    """A submitted retry of a fresh task by `user`, with its source row; any field can be
+    given instead."""
     values = {
         "requested_by": user,
         "form_token": uuid.uuid4(),
@@ -27,7 +29,15 @@ def make_retry(user, **fields) -> RetryAttempt:
         "outcome": Outcome.SUBMITTED,
     }
     values.update(fields)
-    return RetryAttempt.objects.create(**values)
+    retry = RetryAttempt.objects.create(**values)
+    RetrySource.objects.create(
+        retry=retry,
+        task_guid=retry.source_task_guid,
+        task_id=retry.source_task_id,
+        duplicate_sequence=retry.duplicate_sequence,
+        outcome=retry.outcome,
+    )
+    return retry
 
 
 def follow(retry: RetryAttempt, **fields) -> FollowUp:

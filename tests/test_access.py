@@ -80,6 +80,13 @@ EXPECTED: dict[str, dict[str, dict[str, int]] | str] = {
         "GET": {**dict.fromkeys(ROLES, 403), "supervisor": 200},
         "HTMX": {**dict.fromkeys(ROLES, 403), "supervisor": 200},
     },
+    # The corrected-file form, asked for no import (the matrix names none): it says so (400).
+    "corrected_file_form": {
+        kind: {**dict.fromkeys(ROLES, 400), "outsider": 403}
+        for kind in ("GET", "HTMX", "POST", "HTMX POST")
+    },
+    # The clerk's retry is a re-import: it has no file to download, for anyone.
+    "corrected_file_download": {"GET": dict.fromkeys(ROLES, 404)},
     "user_settings": {
         "GET": EVERYONE,
         "HTMX": EVERYONE,

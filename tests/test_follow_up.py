@@ -285,9 +285,7 @@ def test_an_ended_task_is_asked_about_once(clerk, sandbox):
     assert len(asked) == 1
 
 
-def test_a_sweep_lost_with_its_worker_is_started_again_by_a_page_view(
-    clerk, clerk_client, sandbox
-):
+def test_a_sweep_lost_with_its_worker_is_started_again_by_a_page_view(clerk, clerk_client, sandbox):
     """The queued sweep died with its worker (its row RUNNING for good): the next page view
     of an overdue follow-up queues another, once."""
     from kickouts.sweeps import Sweep

@@ -212,7 +212,7 @@ def test_the_table_has_a_caption_and_scoped_headers_and_the_filters_have_labels(
     retry(clerk)
     body = supervisor_client.get(HISTORY).content.decode()
     assert "<caption>Retries, newest first</caption>" in body
-    assert body.count('<th scope="col">') == 9 and '<th scope="row">' in body
+    assert body.count('<th scope="col">') == 10 and '<th scope="row">' in body
     for name in FILTERS:
         assert f'<label for="id_{name}">' in body, name
     assert 'aria-describedby="id_q_helptext"' in body and 'id="id_q_helptext"' in body
@@ -611,8 +611,13 @@ def test_the_csv_has_a_header_and_utc_times(supervisor_client, clerk, settings):
         "reconciled_at_utc",
         "reconciled_note",
         "bulk_id",
+        "kind",
+        "file_name",
+        "file_bytes",
+        "file_sha256",
     ]
-    assert row[12:] == [""] * 10  # never compared, never reconciled, in no bulk
+    assert row[12:22] == [""] * 10  # never compared, never reconciled, in no bulk
+    assert row[22:] == ["reimport", "", "", ""]  # a re-import: no file
     assert row[:12] == [
         str(done.pk),
         "2026-11-20T09:12:31Z",

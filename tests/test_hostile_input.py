@@ -58,6 +58,9 @@ TEXT_PARAMETERS = (
     "save_as_resolved",
     "confirm_duplicate",
     "form_token",
+    "task",
+    "profile",
+    "confirm_rows",
 )
 ACTIONS = ("choose", "smart_path", "review", "edit", "send")
 MODES = (

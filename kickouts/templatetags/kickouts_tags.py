@@ -2,7 +2,7 @@ import json
 
 from django import template
 
-from .. import batch_modes, causes, formatting
+from .. import batch_modes, causes, formatting, uploads
 
 register = template.Library()
 
@@ -12,6 +12,8 @@ register.simple_tag(formatting.local_time, name="local_time")
 register.simple_tag(formatting.status_badge, name="status_badge")
 # What to do about a kickout message: kickouts/causes.py, the one table of causes.
 register.filter("advice", causes.advice_for)
+# A file's size as people read it: "18 KB", "9.5 MB".
+register.filter("file_size", uploads.format_size)
 
 
 @register.filter

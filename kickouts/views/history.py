@@ -21,6 +21,9 @@ from .tasks import HtmxHttpRequest
 
 # Only what a row shows: the payload and messages stay in the database.
 PAGE_COLUMNS = (
+    "kind",
+    "corrected_file__name",
+    "corrected_file__size",
     "requested_at",
     "requested_by__username",
     "requested_by__first_name",
@@ -66,6 +69,11 @@ CSV_COLUMNS = (
     ("reconciled_at_utc", "reconciled_at"),
     ("reconciled_note", "reconciled_note"),
     ("bulk_id", "bulk_id"),
+    # Corrected files (kept last: the columns before them keep their places).
+    ("kind", "kind"),
+    ("file_name", "corrected_file__name"),
+    ("file_bytes", "corrected_file__size"),
+    ("file_sha256", "corrected_file__sha256"),
 )
 CSV_CHUNK_ROWS = 2000
 
@@ -95,9 +103,9 @@ def history(request: HtmxHttpRequest) -> HttpResponse:
         before, after = form.cleaned_data["before"], form.cleaned_data["after"]
         retries = filter_retries(RetryAttempt.objects.visible_to(request.user), form.cleaned_data)
         page = newest_first_page(
-            retries.select_related("requested_by", "reconciled_by", "follow_up", "comparison").only(
-                *PAGE_COLUMNS
-            ),
+            retries.select_related(
+                "requested_by", "reconciled_by", "follow_up", "comparison", "corrected_file"
+            ).only(*PAGE_COLUMNS),
             before=before,
             after=after,
             size=form.cleaned_data["per_page"],
