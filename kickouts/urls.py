@@ -1,7 +1,7 @@
 from django.urls import path, register_converter
 
 from .converters import GuidConverter
-from .views import account, bulk, health, history, queue, reconcile, retries, tasks
+from .views import account, bulk, health, history, overview, queue, reconcile, retries, tasks
 
 register_converter(GuidConverter, "guid")
 
@@ -26,6 +26,8 @@ urlpatterns = [
     path("tasks/<guid:guid>/kickouts.csv", queue.import_csv, name="import_csv"),
     path("tasks/<guid:guid>/handled/", queue.mark_handled, name="mark_handled"),
     path("tasks/<guid:guid>/reopen/", queue.reopen, name="reopen"),
+    path("overview/", overview.overview_page, name="overview"),
+    path("overview/<slug:chart>.csv", overview.overview_csv, name="overview_csv"),
     path("settings/", account.user_settings, name="user_settings"),
     path("health/live/", health.live, name="health_live"),
     path("health/ready/", health.ready, name="health_ready"),

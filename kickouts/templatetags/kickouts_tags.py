@@ -11,6 +11,7 @@ register.simple_tag(formatting.local_time, name="local_time")
 register.simple_tag(formatting.status_badge, name="status_badge")
 # What to do about a kickout message: kickouts/causes.py, the one table of causes.
 register.filter("advice", causes.advice_for)
+register.filter("cause_label", causes.cause_label)
 
 
 @register.filter
