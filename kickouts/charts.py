@@ -17,6 +17,7 @@ TOP = 8
 BOTTOM = 40  # room for the bucket labels
 GAP = 0.2  # of a column's width, between bars
 TICKS = 4
+MAX_SLOT = 90  # a chart of one or two bars keeps them bar-shaped
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def stacked(title: str, legend: list[str], columns: list[Column]) -> BarChart:
         return chart
     top = nice_ceiling(max(column.total for column in columns))
     plot = chart.baseline - TOP
-    slot = (WIDTH - LEFT) / len(columns)
+    slot = min(MAX_SLOT, (WIDTH - LEFT) / len(columns))
     every = max(1, round(len(columns) / 12))
     for number, column in enumerate(columns):
         x = LEFT + number * slot + slot * GAP / 2

@@ -230,6 +230,16 @@ def overview_page(request: HtmxHttpRequest) -> HttpResponse:
         "charts": {name.replace("-", "_"): draw(figures, links) for name, draw in CHARTS.items()},
         "query": query,
         "results": RESULTS,
+        "open_rows_table": list(
+            zip(
+                figures.open_rows.buckets,
+                zip(*(s.values for s in figures.open_rows.series), strict=True)
+                if figures.open_rows.series
+                else [()] * len(figures.open_rows.buckets),
+                figures.open_rows.totals,
+                strict=True,
+            )
+        ),
         "retry_cells": [
             (
                 week,
