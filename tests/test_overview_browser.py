@@ -5,15 +5,25 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
+from . import test_browser, test_overview
 from .browser_helpers import sign_in
-from .test_browser import browser, page, watch  # noqa: F401 - the browser tests' fixtures
-from .test_overview import ACCOUNT, month  # noqa: F401 - the hand-counted month
+from .test_overview import ACCOUNT
+
+# The browser tests' fixtures, and the overview tests' hand-counted month.
+browser, page, watch = test_browser.browser, test_browser.page, test_browser.watch
+month = test_overview.month
 
 pytestmark = pytest.mark.browser
 
 
 def test_a_supervisor_follows_a_wasted_re_import_bar_to_the_retry_it_counts(
-    page, watch, live_server, supervisor, other_clerk, month, tmp_path  # noqa: F811
+    page,
+    watch,
+    live_server,
+    supervisor,
+    other_clerk,
+    month,
+    tmp_path,
 ):
     """The wasted chart's one bar says 1 re-import; its link lists exactly Oscar's retry."""
     sign_in(page, live_server.url, supervisor)
@@ -34,7 +44,11 @@ def test_a_supervisor_follows_a_wasted_re_import_bar_to_the_retry_it_counts(
 
 
 def test_a_still_open_bar_opens_the_queue_at_that_cause(
-    page, watch, live_server, supervisor, month  # noqa: F811
+    page,
+    watch,
+    live_server,
+    supervisor,
+    month,
 ):
     """The causes chart's open part for accounts counts 2 rows: the queue shows those 2."""
     sign_in(page, live_server.url, supervisor)
