@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from django.core.cache import cache
 from django.db import connection
 
 from kickouts.causes import cause_key
@@ -211,9 +212,14 @@ def overview_phase(run) -> None:
         for period, user in cases:
             for who, session in (("supervisor", run.supervisor), ("clerk", run.clerk)):
                 query = {"period": period, **({"user": user} if user else {})}
-                timing = _time(session, run.url("overview", **query), repeats)
+                url = run.url("overview", **query)
+                cache.clear()  # the first view adds the figures up; the page keeps them
+                first = Timing()
+                timed(first, lambda u=url, s=session: s.get(u, timeout=TIMEOUT))
+                timing = _time(session, url, repeats)
                 name = f"{who}, last {period} days" + (f", {user}" if user else "")
                 figure = f"p95 **{timing.p95 * 1000:.0f} ms**, median {timing.median * 1000:.0f} ms"
+                figure += f" (kept figures); adding them up {first.samples[0] * 1000:.0f} ms"
                 figure += f", n={len(timing.samples)}" + (
                     f", {len(timing.failures)} failed" if timing.failures else ""
                 )

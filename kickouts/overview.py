@@ -14,10 +14,12 @@ are the small tables of kickouts/overview_models.py.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import (
     Case,
@@ -60,6 +62,9 @@ DEFAULT_PERIOD = "30"
 # Open rows are drawn per day over a month, per week over longer periods.
 DAILY_UP_TO_DAYS = 31
 OLDEST_OPEN_SHOWN = 5
+# At a year of a large team's records the figures take about a second to add up (README,
+# Benchmarks): the page keeps them this long per period, EnergyCAP user and viewer's scope.
+CACHE_SECONDS = 300
 
 # -- what a retry's before and after says (one definition: the overview and the history) --
 
@@ -293,6 +298,7 @@ class Overview:
     people: list[PersonLine]
     wasted: list[WastedLine]
     unclassified: bool
+    computed_at: datetime = field(default_factory=timezone.now)
 
 
 def _index(buckets: list[Bucket], moment: datetime | date) -> int:
@@ -542,6 +548,15 @@ def overview(chosen: OverviewFilter, viewer) -> Overview:
         wasted=wasted,
         unclassified=KickoutRow.objects.filter(cause="").exists(),
     )
+
+
+def cached_overview(chosen: OverviewFilter, viewer) -> Overview:
+    """`overview`, kept for CACHE_SECONDS: the same period, EnergyCAP user and scope (everyone's
+    work, or this viewer's own) read the same figures meanwhile."""
+    scope = "all" if viewer.has_perm("kickouts.view_all_retries") else f"user-{viewer.pk}"
+    user = hashlib.sha256(chosen.user.encode()).hexdigest()[:16]
+    key = f"overview:{chosen.period}:{chosen.today.isoformat()}:{user}:{scope}"
+    return cache.get_or_set(key, lambda: overview(chosen, viewer), CACHE_SECONDS)
 
 
 # -- the weekly summary's figures --------------------------------------------------------

@@ -21,6 +21,7 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.core.cache import cache
 from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from django.urls import reverse
@@ -356,3 +357,21 @@ def test_the_command_previews_without_sending(sam_opted_in):
     call_command("send_weekly_summaries", "--preview", stdout=out)
     assert "To: sam@example.com" in out.getvalue() and "Open kickout rows" in out.getvalue()
     assert mail.outbox == [] and not WeeklySummary.objects.exists()
+
+
+def test_the_figures_are_kept_a_few_minutes_and_never_shared_across_scopes(
+    month, supervisor_client, clerk_client, clerk, other_clerk
+):
+    """A new retry shows once the kept figures expire; a clerk never reads the team's figures."""
+    first = supervisor_client.get(reverse("overview")).context["figures"]
+    mine = clerk_client.get(reverse("overview")).context["figures"]
+    assert [p.name for p in mine.people] == ["Carla Clerk"] and len(first.people) == 3
+    make_retry(other_clerk, outcome=Outcome.REJECTED)
+    kept = supervisor_client.get(reverse("overview")).context["figures"]
+    assert kept.computed_at == first.computed_at
+    cache.clear()  # as CACHE_SECONDS passing does
+    fresh = supervisor_client.get(reverse("overview")).context["figures"]
+    failed = sum(w.counts["failed"] for w in fresh.retries)
+    assert failed == 2 and fresh.computed_at > first.computed_at
+    other = supervisor_client.get(reverse("overview"), {"user": QUINN}).context["figures"]
+    assert other.chosen.user == QUINN

@@ -18,11 +18,12 @@ from .. import charts, spreadsheet, weekly
 from ..decorators import login_required
 from ..models import ImportSnapshot
 from ..overview import (
+    CACHE_SECONDS,
     PERIODS,
     RESULTS,
     Overview,
     OverviewFilter,
-    overview,
+    cached_overview,
 )
 from .common import HtmxHttpRequest
 from .history import history_permission
@@ -216,7 +217,7 @@ CHARTS: dict[str, Callable[[Overview, Links], charts.BarChart]] = {
 @history_permission
 def overview_page(request: HtmxHttpRequest) -> HttpResponse:
     chosen = OverviewFilter.from_query(request.GET)
-    figures = overview(chosen, request.user)
+    figures = cached_overview(chosen, request.user)
     links = Links(chosen)
     if figures.sees_everyone:
         weekly.wake()  # a lost weekly sweep is started again by a supervisor's visit
@@ -230,6 +231,7 @@ def overview_page(request: HtmxHttpRequest) -> HttpResponse:
         "charts": {name.replace("-", "_"): draw(figures, links) for name, draw in CHARTS.items()},
         "query": query,
         "results": RESULTS,
+        "cache_minutes": CACHE_SECONDS // 60,
         "open_rows_table": list(
             zip(
                 figures.open_rows.buckets,
@@ -346,7 +348,7 @@ def overview_csv(request: HtmxHttpRequest, chart: str) -> HttpResponse:
     if chart not in TABLES:
         raise Http404("No such chart.")
     chosen = OverviewFilter.from_query(request.GET)
-    header, rows = TABLES[chart](overview(chosen, request.user))
+    header, rows = TABLES[chart](cached_overview(chosen, request.user))
     cells = ([spreadsheet.guard(value) for value in row] for row in rows)
     response = HttpResponse(
         "".join(spreadsheet.pieces(header, spreadsheet.lines(cells))),
