@@ -226,7 +226,9 @@ def overview_phase(run) -> None:
                 ok = timing.p95 <= BUDGET_SECONDS and not timing.failures
                 target = "p95 ≤ 300 ms" + ("" if run.postgres else " on PostgreSQL")
                 run.add(section, name, figure, target, ok if run.postgres else None)
-        timing = _time(run.supervisor, run.url("overview_csv", "causes", period="365"), repeats)
+        timing = _time(
+            run.supervisor, run.url("overview_csv", chart="causes", period="365"), repeats
+        )
         run.add(section, "a chart's CSV (by cause, 365 days)", f"p95 {timing.p95 * 1000:.0f} ms")
     finally:
         clear()
