@@ -36,6 +36,7 @@ from kickouts.models import (
     ImportSnapshot,
     KickoutRow,
     Outcome,
+    Sweep,
     UserSettings,
     WeeklySummary,
 )
@@ -375,3 +376,13 @@ def test_the_figures_are_kept_a_few_minutes_and_never_shared_across_scopes(
     assert failed == 2 and fresh.computed_at > first.computed_at
     other = supervisor_client.get(reverse("overview"), {"user": QUINN}).context["figures"]
     assert other.chosen.user == QUINN
+
+
+def test_the_weekly_sweep_queues_itself_for_next_monday_morning(sam_opted_in):
+    """After a sweep the one queued weekly sweep runs at the next Monday's sending time."""
+    now = timezone.now()
+    weekly.sweep()
+    queued = Sweep.objects.get(name=weekly.send_due.name)
+    assert queued.task_id and queued.run_at == weekly.next_send_time(now)
+    assert queued.run_at.astimezone(timezone.get_default_timezone()).weekday() == 0
+    assert weekly.wake() is False  # already queued: a page view adds nothing
