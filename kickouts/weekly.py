@@ -152,7 +152,7 @@ def sweep(me: str | None = None) -> str:
     for row in claimed:
         _send(row)
     sweeps.finish(send_due, next_due())
-    return f"sent {len(claimed)} weekly summaries"
+    return f"sent {len(claimed)} weekly summar{'y' if len(claimed) == 1 else 'ies'}"
 
 
 def wake() -> bool:

@@ -316,7 +316,7 @@ def test_the_weekly_summary_says_open_rows_by_cause_retries_and_the_oldest_impor
     assert (summary.open_now, summary.open_week_before) == (4, 0)
     assert summary.retries == 5 and summary.rows_fixed == 2
     assert [s.task_guid for s in summary.oldest_open] == [month["B"].task_guid]
-    assert "Open kickout rows: 4 (+4 on a week ago, 0)" in email.body
+    assert "Open kickout rows: 4 (a week ago: 0, +4)" in email.body
     assert reverse("overview") in email.body
 
 
