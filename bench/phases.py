@@ -387,3 +387,8 @@ def kickout_queue(run: Run) -> None:
 
 
 PHASES = [round_trip, pages, history, csv_export, viewers, load, kickout_queue]
+
+# The overview's phase lives in its own module (bench/overview.py).
+from .overview import overview_phase  # noqa: E402
+
+PHASES.append(overview_phase)

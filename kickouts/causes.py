@@ -190,3 +190,22 @@ def advice_for(message: str) -> Advice:
         if any(all(word in text for word in words) for words in cause.keywords):
             return Advice(message, cause)
     return Advice(message, None)
+
+
+# The key stored with each kickout row (`KickoutRow.cause`) for a message no cause recognises.
+OTHER = "other"
+OTHER_LABEL = "Other messages (no advice yet)"
+# Every stored key in the table's order, unknown messages last: the charts' order and colours.
+CAUSE_KEYS: tuple[str, ...] = (*(cause.key for cause in CAUSES), OTHER)
+_LABELS = {cause.key: cause.label for cause in CAUSES}
+
+
+def cause_key(message: str) -> str:
+    """The key stored for a message: its cause's, or OTHER."""
+    cause = advice_for(message).cause
+    return cause.key if cause else OTHER
+
+
+def cause_label(key: str) -> str:
+    """A stored key as people read it."""
+    return _LABELS.get(key, OTHER_LABEL)

@@ -26,6 +26,7 @@ from . import energycap, snapshots, status
 from .energycap import EnergyCapError
 from .follow_up_models import FollowUp
 from .models import CompareState, Comparison, RetryAttempt
+from .overview_models import ComparisonCause, comparison_causes
 from .queue_models import ImportSnapshot, KickoutRow
 
 logger = logging.getLogger(__name__)
@@ -246,13 +247,19 @@ def _store(
             new_count=result.count(NEW),
         )
     # Only a missing or failed comparison is (re)written: a finished one never changes.
-    stored = Comparison.objects.filter(retry=attempt, state=CompareState.ERROR).update(**values)
-    if not stored:
-        try:
-            with transaction.atomic():
+    try:
+        with transaction.atomic():
+            stored = Comparison.objects.filter(retry=attempt, state=CompareState.ERROR).update(
+                **values
+            )
+            if not stored:
                 Comparison.objects.create(retry=attempt, **values)
-        except IntegrityError:
-            pass  # compared meanwhile by another step
+            # The rows per cause, for the overview's sums (kickouts/overview_models.py).
+            ComparisonCause.objects.bulk_create(
+                comparison_causes(Comparison(retry=attempt), values["rows"])
+            )
+    except IntegrityError:
+        pass  # compared meanwhile by another step
     attempt.__dict__.pop("compared", None)
     attempt._state.fields_cache.pop("comparison", None)
     return state

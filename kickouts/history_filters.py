@@ -20,8 +20,9 @@ from django.core.cache import cache
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from . import batch_modes
-from .models import FollowUp, Kind, Outcome, RetryAttempt
+from . import batch_modes, overview
+from .causes import CAUSE_KEYS, cause_label
+from .models import FollowUp, ImportSnapshot, Kind, Outcome, RetryAttempt
 
 # Rows a page: rendering them is most of the page's time (README, Benchmarks); 25 unless
 # the reader chooses more.
@@ -34,6 +35,8 @@ STILL_KICKING_OUT = "still_kicking_out"
 FILTERS = (
     *("user", "date_from", "date_to", "kind", "outcome", "final_status", "batch_mode", "bulk"),
     "q",
+    # The overview's links (kickouts/overview.py): what a retry fixed, a cause, whose imports.
+    *("result", "cause", "energycap_user"),
     "per_page",
 )
 FINAL_STATUS_CACHE_KEY = "history:final-statuses"
@@ -166,6 +169,25 @@ class HistoryFilterForm(forms.Form):
         max_length=200,
         label="Search",
         help_text="A task GUID (or its start), a whole batch code, or words from the import note.",
+    )
+    result = forms.ChoiceField(
+        required=False,
+        label="Fixed",
+        choices=[("", "Any result"), *overview.RESULTS.items()],
+        error_messages={"invalid_choice": "Choose a result from the list."},
+    )
+    cause = forms.ChoiceField(
+        required=False,
+        label="Cause",
+        choices=[("", "Any cause"), *((key, cause_label(key)) for key in CAUSE_KEYS)],
+        help_text="Retries whose source import had rows of this cause.",
+        error_messages={"invalid_choice": "Choose a cause from the list."},
+    )
+    energycap_user = forms.CharField(
+        required=False,
+        max_length=255,
+        label="EnergyCAP user",
+        help_text="Retries of the imports this EnergyCAP user ran (the queue's filter).",
     )
     per_page = forms.TypedChoiceField(
         required=False,
@@ -324,6 +346,13 @@ def filter_retries(retries: QuerySet, filters: dict) -> QuerySet:
         retries = retries.filter(bulk_id=filters["bulk"])
     if filters.get("q"):
         retries = retries.filter(search_condition(filters["q"]))
+    if filters.get("result"):
+        retries = retries.filter(overview.result_condition(filters["result"]))
+    if filters.get("cause"):
+        retries = retries.filter(comparison__causes__cause=filters["cause"])
+    if filters.get("energycap_user"):
+        theirs = ImportSnapshot.objects.filter(user_full_name=filters["energycap_user"])
+        retries = retries.filter(source_task_guid__in=theirs.values("task_guid"))
     return retries
 
 

@@ -742,6 +742,10 @@ class UserSettings(models.Model):
         default=True,
         help_text="Email me when the new import of a retry I asked for ends.",
     )
+    # Supervisors only (kickouts/weekly.py): the week's overview, every Monday.
+    weekly_summary = models.BooleanField(
+        default=False, help_text="Email me a summary of the team's kickouts every week."
+    )
 
     class Meta:
         verbose_name = "user settings"
@@ -761,6 +765,7 @@ class UserSettings(models.Model):
 
 from .bulk_models import BulkLine, BulkRetry, BulkState, LineState  # noqa: E402, F401
 from .follow_up_models import FollowState, FollowUp  # noqa: E402, F401
+from .overview_models import ComparisonCause, ImportCause, WeeklySummary  # noqa: E402, F401
 from .queue_models import (  # noqa: E402, F401
     HandledChange,
     HandledReason,

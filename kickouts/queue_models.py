@@ -161,6 +161,8 @@ class KickoutRow(models.Model):
     snapshot = models.ForeignKey(ImportSnapshot, on_delete=models.CASCADE, related_name="rows")
     position = models.PositiveIntegerField()
     message = models.TextField()
+    # The message's cause (`causes.cause_key`), for grouping in the database (the overview).
+    cause = models.CharField(max_length=40, blank=True, default="")
     # Column name -> value, EnergyCAP's own names.
     cells = models.JSONField(default=dict)
     account_code = models.CharField(max_length=255, blank=True)
@@ -175,7 +177,10 @@ class KickoutRow(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["snapshot", "position"], name="kickout_row_position")
         ]
-        indexes = [models.Index(fields=["message", "snapshot"], name="kickout_row_message")]
+        indexes = [
+            models.Index(fields=["message", "snapshot"], name="kickout_row_message"),
+            models.Index(fields=["cause", "snapshot"], name="kickout_row_cause"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.message} (row {self.position} of {self.snapshot_id})"

@@ -24,7 +24,9 @@ from django.utils import timezone
 from django_tasks import task
 
 from . import energycap, spreadsheet
+from .causes import cause_key
 from .energycap import Answer, EnergyCapError
+from .overview_models import ImportCause, import_causes
 from .payloads import KickoutGrid, KickoutSummary, Task
 from .queue_models import HandledReason, ImportSnapshot, KickoutRow, SnapshotState
 
@@ -156,6 +158,8 @@ def store(fetched: Fetched) -> ImportSnapshot | None:
                 return locked
             KickoutRow.objects.filter(snapshot=snapshot).delete()
             KickoutRow.objects.bulk_create(objects, batch_size=1000)
+            ImportCause.objects.filter(snapshot=snapshot).delete()
+            ImportCause.objects.bulk_create(import_causes(snapshot, (r.message for r in objects)))
             locked.columns = list(grid.columns)
             locked.csv_lines = lines
             locked.file_name = (fetched.summary.file_name or locked.file_name)[:500]
@@ -210,6 +214,7 @@ def _rows(snapshot: ImportSnapshot, fetched: Fetched) -> list[KickoutRow]:
                 snapshot=snapshot,
                 position=position,
                 message=message,
+                cause=cause_key(message),
                 cells=cells,
                 account_code=get(columns.get("account_code", ""), "")[:255],
                 meter_code=get(columns.get("meter_code", ""), "")[:255],
@@ -251,6 +256,7 @@ def _store_new(task: Task, fetched: Fetched) -> ImportSnapshot | None:
         with transaction.atomic():
             snapshot.save(force_insert=True)
             KickoutRow.objects.bulk_create(rows, batch_size=1000)
+            ImportCause.objects.bulk_create(import_causes(snapshot, (r.message for r in rows)))
     except IntegrityError:
         return None
     return snapshot

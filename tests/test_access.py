@@ -62,6 +62,9 @@ EXPECTED: dict[str, dict[str, dict[str, int]] | str] = {
     },
     "history": {"GET": RETRIERS, "HTMX": RETRIERS},
     "history_csv": {"GET": RETRIERS},
+    # The overview: supervisors and AP staff (their own work), nobody else.
+    "overview": {"GET": RETRIERS, "HTMX": RETRIERS},
+    "overview_csv": {"GET": RETRIERS},
     "queue": {"GET": EVERYONE, "HTMX": EVERYONE},
     "queue_group": {"GET": EVERYONE, "HTMX": EVERYONE},
     "queue_csv": {"GET": EVERYONE},

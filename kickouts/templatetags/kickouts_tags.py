@@ -14,6 +14,7 @@ register.simple_tag(formatting.status_badge, name="status_badge")
 register.filter("advice", causes.advice_for)
 # A file's size as people read it: "18 KB", "9.5 MB".
 register.filter("file_size", uploads.format_size)
+register.filter("cause_label", causes.cause_label)
 
 
 @register.filter

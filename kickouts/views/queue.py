@@ -7,7 +7,7 @@ groups and its downloads make no request to EnergyCAP.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, timedelta
+from datetime import UTC, date, timedelta
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -24,9 +24,10 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
 from .. import snapshots, spreadsheet
-from ..causes import advice_for
+from ..causes import CAUSE_KEYS, advice_for
 from ..decorators import login_required, permission_required
 from ..handled import HandledForm
+from ..overview import start_of
 from ..queue_models import HandledReason, ImportSnapshot, KickoutRow, SnapshotState
 from ..snapshots import csv_cells
 from .common import PERIODS, HtmxHttpRequest
@@ -70,6 +71,9 @@ class QueueFilter:
         self.period = period if period in PERIODS else "30"
         self.user = query.get("user", "").strip()[:255]
         self.show = "handled" if query.get("show") == "handled" else "open"
+        # Narrower, for the overview's links: one cause, imports begun in these days.
+        self.cause = query.get("cause", "") if query.get("cause") in CAUSE_KEYS else ""
+        self.date_from, self.date_to = _day(query.get("from")), _day(query.get("to"))
 
     @property
     def days(self) -> int:
@@ -77,9 +81,16 @@ class QueueFilter:
 
     def snapshots(self) -> QuerySet[ImportSnapshot]:
         since = timezone.now() - timedelta(days=self.days)
+        if self.date_from:
+            since = start_of(self.date_from)
         found = ImportSnapshot.objects.filter(begin_date__gte=since)
+        if self.date_to:
+            found = found.filter(begin_date__lt=start_of(self.date_to + timedelta(days=1)))
         if self.user:
             found = found.filter(user_full_name=self.user)
+        if self.cause:
+            of_cause = KickoutRow.objects.filter(snapshot=OuterRef("pk"), cause=self.cause)
+            found = found.filter(Exists(of_cause))
         return found
 
     def listed(self) -> QuerySet[ImportSnapshot]:
@@ -93,14 +104,29 @@ class QueueFilter:
             values["user"] = self.user
         if self.show != "open":
             values["show"] = self.show
+        if self.cause:
+            values["cause"] = self.cause
+        if self.date_from:
+            values["from"] = self.date_from.isoformat()
+        if self.date_to:
+            values["to"] = self.date_to.isoformat()
         values.update({k: v for k, v in extra.items() if v not in (None, "")})
         return urlencode(values)
 
 
-def queue_groups(listed: QuerySet[ImportSnapshot]) -> list[dict]:
-    """The kickout rows of these imports grouped by message, most rows first, with advice."""
+def _day(value: str | None) -> date | None:
+    try:
+        return date.fromisoformat((value or "").strip()[:10])
+    except ValueError:
+        return None
+
+
+def queue_groups(listed: QuerySet[ImportSnapshot], cause: str = "") -> list[dict]:
+    """The kickout rows of these imports (of one cause, if given) grouped by message, most
+    rows first, with advice."""
+    rows = KickoutRow.objects.filter(snapshot__in=listed)
     groups = list(
-        KickoutRow.objects.filter(snapshot__in=listed)
+        (rows.filter(cause=cause) if cause else rows)
         .values("message")
         .annotate(
             rows=Count("id"),
@@ -129,11 +155,13 @@ def listed_version(chosen: QueueFilter, listed: QuerySet[ImportSnapshot]) -> str
     return hashlib.sha256(f"{chosen.query()}|{fingerprint}".encode()).hexdigest()[:32]
 
 
-def cached_queue_groups(version: str, listed: QuerySet[ImportSnapshot]) -> list[dict]:
+def cached_queue_groups(
+    version: str, listed: QuerySet[ImportSnapshot], cause: str = ""
+) -> list[dict]:
     """`queue_groups`, computed once per `listed_version`: grouping tens of thousands of rows
     is most of the queue's work."""
     return cache.get_or_set(
-        f"kickout-queue:{version}", lambda: queue_groups(listed), QUEUE_CACHE_SECONDS
+        f"kickout-queue:{version}", lambda: queue_groups(listed, cause), QUEUE_CACHE_SECONDS
     )
 
 
@@ -159,7 +187,7 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
         "periods": PERIODS,
         "users": ImportSnapshot.objects.user_names(),
         "progress": progress,
-        "groups": cached_queue_groups(listed_version(chosen, listed), listed),
+        "groups": cached_queue_groups(listed_version(chosen, listed), listed, chosen.cause),
         "handled": (listed.select_related("handled_by")[:200] if chosen.show == "handled" else []),
     }
     template = "kickouts/queue.html"
@@ -185,7 +213,7 @@ def queue_group(request: HtmxHttpRequest) -> HttpResponse:
     # fragments are cached per version of the listed imports (the template's {% cache %}),
     # and a cached fragment runs no query.
     counts = {"rows": 0, "imports": 0}
-    for group in cached_queue_groups(version, listed):
+    for group in cached_queue_groups(version, listed, chosen.cause):
         if group["message"] == message:
             counts = group
     rows = (
@@ -300,12 +328,14 @@ def reopen(request: HtmxHttpRequest, guid: str) -> HttpResponse:
 # -- downloads --
 
 
-def kickouts_csv(snapshots: QuerySet[ImportSnapshot], name: str, message=None) -> HttpResponse:
+def kickouts_csv(
+    snapshots: QuerySet[ImportSnapshot], name: str, message=None, cause: str = ""
+) -> HttpResponse:
     """Stream these imports' rows (or only those with `message`), with the grids' own column
     names (in order of first appearance) and each row's import number, newest import first."""
     grids = list(snapshots.order_by().values_list("columns", flat=True).distinct())
     columns = list(dict.fromkeys(column for names in grids for column in names or []))
-    if message is None and len(grids) <= 1:
+    if message is None and not cause and len(grids) <= 1:
         # Every import has the same grid: its rows as stored with it, already CSV.
         body = (
             snapshots.order_by("-begin_date", "id")
@@ -316,6 +346,8 @@ def kickouts_csv(snapshots: QuerySet[ImportSnapshot], name: str, message=None) -
         rows = KickoutRow.objects.filter(snapshot__in=snapshots)
         if message is not None:
             rows = rows.filter(message=message)
+        if cause:
+            rows = rows.filter(cause=cause)
         ordered = rows.order_by("-snapshot__begin_date", "snapshot_id", "position").values_list(
             "snapshot__task_id", "cells"
         )
@@ -336,10 +368,11 @@ def kickouts_csv(snapshots: QuerySet[ImportSnapshot], name: str, message=None) -
 @login_required
 def queue_csv(request: HtmxHttpRequest) -> HttpResponse:
     """The whole queue's rows, or one group's (`message`)."""
-    listed = QueueFilter(request.GET).listed()
+    chosen = QueueFilter(request.GET)
+    listed = chosen.listed()
     message = request.GET.get("message")
     if message is None:
-        return kickouts_csv(listed, "kickout-queue")
+        return kickouts_csv(listed, "kickout-queue", cause=chosen.cause)
     return kickouts_csv(listed.filter(rows__message=message), "kickout-group", message)
 
 
