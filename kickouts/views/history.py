@@ -15,7 +15,7 @@ from django_htmx.http import push_url
 
 from .. import spreadsheet
 from ..decorators import login_required, permission_required
-from ..history_filters import HistoryFilterForm, filter_retries, newest_first_page
+from ..history_filters import HistoryFilter, newest_first_page
 from ..models import RetryAttempt
 from .tasks import HtmxHttpRequest
 
@@ -88,14 +88,14 @@ def history_permission(view):
 @login_required
 @history_permission
 def history(request: HtmxHttpRequest) -> HttpResponse:
-    form = HistoryFilterForm(request.GET, user=request.user)
+    filters = _filters(request)
+    form = filters.form
     context = {"form": form, "page": None}
-    if form.is_valid():
+    if filters.is_valid():
         path = reverse("history")
         before, after = form.cleaned_data["before"], form.cleaned_data["after"]
-        retries = filter_retries(RetryAttempt.objects.visible_to(request.user), form.cleaned_data)
         page = newest_first_page(
-            retries.select_related("requested_by", "reconciled_by").only(*PAGE_COLUMNS),
+            filters.qs.select_related("requested_by", "reconciled_by").only(*PAGE_COLUMNS),
             before=before,
             after=after,
             size=form.cleaned_data["per_page"],
@@ -124,18 +124,16 @@ def history(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 @history_permission
 def history_csv(request: HtmxHttpRequest) -> HttpResponse:
-    form = HistoryFilterForm(request.GET, user=request.user)
-    if not form.is_valid():
+    filters = _filters(request)
+    if not filters.is_valid():
         return HttpResponse(
-            "These filters could not be used:\n" + form.errors.as_text(),
+            "These filters could not be used:\n" + filters.errors.as_text(),
             status=400,
             content_type="text/plain; charset=utf-8",
         )
     # Tuples, not model instances: no model is built for each of a million rows.
-    rows = (
-        filter_retries(RetryAttempt.objects.visible_to(request.user), form.cleaned_data)
-        .order_by("-requested_at", "-id")
-        .values_list(*(value for _, value in CSV_COLUMNS))
+    rows = filters.qs.order_by("-requested_at", "-id").values_list(
+        *(value for _, value in CSV_COLUMNS)
     )
     response = StreamingHttpResponse(
         csv_pieces(rows.iterator(chunk_size=CSV_CHUNK_ROWS)),
@@ -144,6 +142,12 @@ def history_csv(request: HtmxHttpRequest) -> HttpResponse:
     stamp = timezone.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     response["Content-Disposition"] = f'attachment; filename="retry-history-{stamp}.csv"'
     return response
+
+
+def _filters(request: HtmxHttpRequest) -> HistoryFilter:
+    """The history's filters, over the retries this user may see."""
+    retries = RetryAttempt.objects.visible_to(request.user)
+    return HistoryFilter(request.GET, queryset=retries, user=request.user)
 
 
 def csv_pieces(rows: Iterable[tuple]) -> Iterator[str]:
