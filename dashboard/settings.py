@@ -221,7 +221,6 @@ LOGOUT_REDIRECT_URL = "login"
 LANGUAGE_CODE = "en-us"
 # The zone pages show times in when the browser does not localise them.
 TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
-USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"

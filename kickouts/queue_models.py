@@ -57,9 +57,6 @@ class ImportSnapshot(models.Model):
     # The grid's own column names, in EnergyCAP's order (they are not fixed).
     columns = models.JSONField(default=list, blank=True)
     row_count = models.PositiveIntegerField(default=0)
-    # The rows as CSV lines (the import's number, then `columns`), written once with the rows:
-    # the rows never change, and the downloads stream these instead of re-rendering each row.
-    csv_lines = models.TextField(blank=True)
 
     state = models.CharField(
         max_length=10, choices=SnapshotState.choices, default=SnapshotState.LOADING
@@ -80,9 +77,6 @@ class ImportSnapshot(models.Model):
         related_name="+",
     )
     handled_at = models.DateTimeField(null=True, blank=True)
-    # Raised by every change (stored, handled, reopened): the queue's groups are computed once
-    # per change of its imports (`views.queue.queue_groups`), not on every view.
-    version = models.PositiveIntegerField(default=0)
 
     objects = ImportSnapshotQuerySet.as_manager()
 
@@ -140,17 +134,10 @@ class ImportSnapshot(models.Model):
             current.handled_note = note if reason else ""
             current.handled_by = user if reason else None
             current.handled_at = now if reason else None
-            current.version += 1
             current.save(
-                update_fields=[
-                    "handled_reason",
-                    "handled_note",
-                    "handled_by",
-                    "handled_at",
-                    "version",
-                ]
+                update_fields=["handled_reason", "handled_note", "handled_by", "handled_at"]
             )
-        for name in ("handled_reason", "handled_note", "handled_by", "handled_at", "version"):
+        for name in ("handled_reason", "handled_note", "handled_by", "handled_at"):
             setattr(self, name, getattr(current, name))
         return change
 
@@ -217,3 +204,25 @@ class HandledChange(models.Model):
     @property
     def to_label(self) -> str:
         return self._label(self.to_reason)
+
+
+class QueueListing(models.Model):
+    """When the dashboard last asked EnergyCAP for a period's bill imports, and when such a
+    listing last finished: one row per period (in days), shared by every process, so each
+    page view can say whether the queue is complete and how fresh it is."""
+
+    days = models.PositiveSmallIntegerField(unique=True)
+    asked_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Why the last listing did not finish, until one does.
+    error = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"Listing of the last {self.days} days"
+
+    @classmethod
+    def record(cls, days: int, **fields) -> None:
+        """Set these fields on the period's row, made first if missing (race-free: two
+        processes may both insert, one insert wins, both updates land)."""
+        cls.objects.bulk_create([cls(days=days)], ignore_conflicts=True)
+        cls.objects.filter(days=days).update(**fields)
