@@ -17,7 +17,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
 from django.core.management import call_command
 from django.db import connection, transaction
+from django.db.models import F
+from django.db.models.functions import Mod
 
+from kickouts.bulk_models import BulkLine, BulkRetry
 from kickouts.models import RetryAttempt
 from kickouts.roles import ensure_roles
 
@@ -35,6 +38,10 @@ FINALS += ["Completed with errors"] * 2  # an undocumented status, shown verbati
 CODES = ["ELEC", "WATER", "GAS", "TELECOM", "STEAM", "EDI"]
 NOTES = ["", "", "", "Fixed account numbers", "Vendor corrected the meter codes", "Month-end"]
 RARE_NOTE_EVERY = 100_000  # "Meter swap at site <n>": a search that matches one row
+# One retry in twenty was part of a bulk: ten consecutive retries of every two hundred.
+BULK_EVERY, BULK_SIZE = 200, 10
+BULK_MARKER = "bench_bulks"
+LINE_STATES = {"submitted": "sent", "rejected": "refused", "not_sent": "not_sent"}
 
 
 def prepare(rows: int, say: Callable[[str], None]) -> str:
@@ -56,10 +63,85 @@ def prepare(rows: int, say: Callable[[str], None]) -> str:
         started = time.monotonic()
         say(f"Generating {rows:,} retries (once; later runs reuse them)")
         cursor.execute(f"DELETE FROM {MARKER}")  # noqa: S608
+        _delete_bulks(cursor)
         cursor.execute("DELETE FROM kickouts_retryattempt")
         load(generate(rows, [users[name] for name in CLERKS + SUPERVISORS]), say)
         cursor.execute(f"INSERT INTO {MARKER} VALUES (%s)", [wanted])  # noqa: S608
     return f"generated in {time.monotonic() - started:.0f} s"
+
+
+def prepare_bulks(rows: int, say: Callable[[str], None]) -> str:
+    """Make sure one retry in twenty belongs to a generated bulk (made once, reused)."""
+    wanted = f"{GENERATOR}:{rows}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE IF NOT EXISTS {BULK_MARKER} (value varchar(100) NOT NULL)")
+        cursor.execute(f"SELECT value FROM {BULK_MARKER}")  # noqa: S608
+        if [value for (value,) in cursor.fetchall()] == [wanted]:
+            return "reused"
+        started = time.monotonic()
+        say(f"Generating the bulks of {rows:,} retries (once; later runs reuse them)")
+        _delete_bulks(cursor)
+        load_bulks(rows)
+        cursor.execute(f"INSERT INTO {BULK_MARKER} VALUES (%s)", [wanted])  # noqa: S608
+    return f"generated in {time.monotonic() - started:.0f} s"
+
+
+def _delete_bulks(cursor) -> None:
+    """Every bulk, its lines and the retries' ties to them (and the bulks' marker)."""
+    cursor.execute(f"CREATE TABLE IF NOT EXISTS {BULK_MARKER} (value varchar(100) NOT NULL)")
+    cursor.execute(f"DELETE FROM {BULK_MARKER}")  # noqa: S608
+    cursor.execute(f"DELETE FROM {BulkLine._meta.db_table}")  # noqa: S608
+    retries = RetryAttempt._meta.db_table
+    cursor.execute(f"UPDATE {retries} SET bulk_id = NULL WHERE bulk_id IS NOT NULL")  # noqa: S608
+    cursor.execute(f"DELETE FROM {BulkRetry._meta.db_table}")  # noqa: S608
+
+
+def load_bulks(rows: int) -> None:
+    """A bulk for each run of BULK_SIZE retries at the start of every BULK_EVERY: the first
+    retry's user, time and settings, one line per retry with the state its outcome gives."""
+    members = RetryAttempt.objects.alias(slot=Mod(F("id") - 1, BULK_EVERY)).filter(
+        id__lte=rows, slot__lt=BULK_SIZE
+    )
+    columns = ("id", "requested_by_id", "requested_at", "batch_mode", "batch_code", "outcome")
+    bulks, lines = [], []
+    for retry_id, user, at, mode, code, outcome in (
+        members.order_by("id").values_list(*columns).iterator(chunk_size=20_000)
+    ):
+        bulk_id, position = divmod(retry_id - 1, BULK_EVERY)
+        bulk_id += 1
+        if position == 0:
+            settings = {"batchMode": mode, **({"newBatchCode": code} if code else {})}
+            bulks.append(
+                dict(id=bulk_id, requested_by_id=user, requested_at=at, batch_mode=mode)
+                | dict(batch_code=code, payload={"batchSettings": settings}, state="done")
+                | dict(finished_at=at, form_token=f"{bulk_id:08x}-0000-4000-8000-000000000000")
+            )
+        lines.append(
+            dict(id=len(lines) + 1, bulk_id=bulk_id, position=position, retry_id=retry_id)
+            | dict(task_guid=f"{retry_id:08x}-0000-4000-8000-{bulk_id:012x}")
+            | dict(state=LINE_STATES.get(outcome, "unknown"))
+        )
+    copy_rows(BulkRetry, bulks)
+    copy_rows(BulkLine, lines)
+    members.update(bulk_id=(F("id") - 1) / BULK_EVERY + 1)
+    postgres = connection.vendor == "postgresql"
+    with connection.cursor() as cursor:
+        for model in (BulkRetry, BulkLine, RetryAttempt):
+            table = model._meta.db_table
+            if postgres and model is not RetryAttempt:
+                sequence = f"pg_get_serial_sequence('{table}', 'id')"
+                cursor.execute(f"SELECT setval({sequence}, (SELECT MAX(id) FROM {table}))")  # noqa: S608
+            cursor.execute(f"VACUUM ANALYZE {table}" if postgres else "ANALYZE")
+
+
+def copy_rows(model, rows: list[dict]) -> None:
+    """`rows` of `model` (fields not given take their defaults), by COPY on PostgreSQL."""
+    fields = model._meta.concrete_fields
+    postgres = connection.vendor == "postgresql"
+    convert = [(f.attname, f.get_default(), _converter(f, postgres)) for f in fields]
+    values = [[to_db(row.get(name, default)) for name, default, to_db in convert] for row in rows]
+    for start in range(0, len(values), 20_000):
+        _insert(values[start : start + 20_000], fields, model._meta.db_table, postgres)
 
 
 def ensure_people() -> dict[str, int]:
@@ -124,19 +206,19 @@ def generate(rows: int, people: list[int]) -> Iterator[dict]:
 def load(rows: Iterator[dict], say: Callable[[str], None]) -> None:
     """COPY on PostgreSQL, executemany on SQLite, 20,000 rows a transaction."""
     fields = RetryAttempt._meta.concrete_fields
-    columns = ", ".join(f.column for f in fields)
+    table = RetryAttempt._meta.db_table
     postgres = connection.vendor == "postgresql"
     convert = [(f.attname, f.get_default(), _converter(f, postgres)) for f in fields]
     batch: list[list] = []
     for done, row in enumerate(rows, 1):
         batch.append([to_db(row.get(name, default)) for name, default, to_db in convert])
         if len(batch) == 20_000:
-            _insert(batch, columns, postgres)
+            _insert(batch, fields, table, postgres)
             batch = []
         if done % 200_000 == 0:
             say(f"  {done:,} rows")
     if batch:
-        _insert(batch, columns, postgres)
+        _insert(batch, fields, table, postgres)
     with connection.cursor() as cursor:
         if postgres:
             cursor.execute(
@@ -158,13 +240,14 @@ def _converter(field, postgres: bool):
     return lambda value: value
 
 
-def _insert(values: list[list], columns: str, postgres: bool) -> None:
+def _insert(values: list[list], fields, table: str, postgres: bool) -> None:
+    columns = ", ".join(f.column for f in fields)
     with transaction.atomic(), connection.cursor() as cursor:
         if postgres:
-            with cursor.cursor.copy(f"COPY kickouts_retryattempt ({columns}) FROM STDIN") as copy:
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                 for value in values:
                     copy.write_row(value)
         else:
             marks = ", ".join("?" * len(values[0]))
-            sql = f"INSERT INTO kickouts_retryattempt ({columns}) VALUES ({marks})"  # noqa: S608
+            sql = f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608
             cursor.cursor.executemany(sql, values)
