@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     # Re-imports run for an hour, so every retry the benchmark sends is still being watched.
     with start_sandbox(api_key=SANDBOX_KEY, task_seconds=3600, latency=args.latency) as sandbox:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ENERGYCAP_", "DJANGO"))}
-        env.update(pair.split("=", 1) for pair in LOOPBACK_PRODUCTION.split())
+        env.update(pair.partition("=")[::2] for pair in LOOPBACK_PRODUCTION.split())
         env.update(ENERGYCAP_BASE_URL=sandbox.url, ENERGYCAP_API_KEY=SANDBOX_KEY)
         env.update(DATABASE_URL=database_url, REDIS_URL=args.redis_url)
         os.environ.update(env)
@@ -140,9 +140,14 @@ def _create_database(url: str) -> None:
     import psycopg
 
     config = dj_database_url.parse(url)
-    admin = dict(host=config["HOST"] or None, port=config["PORT"] or None, dbname="postgres")
-    admin.update(user=config["USER"] or None, password=config["PASSWORD"] or None)
-    with psycopg.connect(**admin, autocommit=True) as connection:
+    with psycopg.connect(
+        host=config["HOST"] or None,
+        port=config["PORT"] or None,
+        dbname="postgres",
+        user=config["USER"] or None,
+        password=config["PASSWORD"] or None,
+        autocommit=True,
+    ) as connection:
         found = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config["NAME"]])
         if not found.fetchone():
             connection.execute(f'CREATE DATABASE "{config["NAME"]}"')

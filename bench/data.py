@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
@@ -103,7 +104,8 @@ def load_bulks(rows: int) -> None:
         id__lte=rows, slot__lt=BULK_SIZE
     )
     columns = ("id", "requested_by_id", "requested_at", "batch_mode", "batch_code", "outcome")
-    bulks, lines = [], []
+    bulks: list[dict[str, Any]] = []
+    lines: list[dict[str, Any]] = []
     for retry_id, user, at, mode, code, outcome in (
         members.order_by("id").values_list(*columns).iterator(chunk_size=20_000)
     ):

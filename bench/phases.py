@@ -53,7 +53,7 @@ class Run:
         self.clerk = self.clerks[0]
 
     def add(self, section, name, figure, target="", ok: bool | None = None) -> None:
-        result = {True: "PASS", False: "MISS"}.get(ok, "")
+        result = "" if ok is None else "PASS" if ok else "MISS"
         self.rows.append(Row(section, name, figure, target, result))
 
     def url(self, name: str, *args, **query) -> str:
@@ -337,12 +337,12 @@ def viewers(run: Run) -> None:
 def load(run: Run) -> None:
     """20 clerks browse for a minute (the list, a task, their own retry's status panel);
     half-way all of them send the same task at the same moment. Stops by itself."""
-    seconds, tally = run.load_seconds, {}
+    seconds, tally = run.load_seconds, dict[str, Timing]()
     sample = "00000000-0000-4000-8000-000000000000"
     link = re.escape(reverse("task_detail", args=[sample]))
     task_link = re.compile(link.replace(re.escape(sample), "([0-9a-f-]{36})"))
     clerks, own, storm_task = run.clerks, [run.new_task() for _ in run.clerks], run.new_task()
-    panels, confirms = [""] * len(clerks), [None] * len(clerks)
+    panels, confirms = [""] * len(clerks), list[Form | None]([None] * len(clerks))
 
     def prepare(n: int) -> None:  # each has a retry of their own, and reviewed the storm task
         sent = submit(clerks[n], confirm_form(clerks[n], run.base, own[n]), "send")
@@ -372,7 +372,9 @@ def load(run: Run) -> None:
         tab = requests.Session()  # a second tab: its own connection, the same cookies
         tab.cookies.update(clerks[n].cookies)
         barrier.wait()
-        call(f"send ({len(clerks)} at once)", lambda: submit(tab, confirms[n], "send"), (200, 302))
+        confirm = confirms[n]
+        assert confirm is not None  # prepared above
+        call(f"send ({len(clerks)} at once)", lambda: submit(tab, confirm, "send"), (200, 302))
 
     seq, barrier = run.seq(), threading.Barrier(len(clerks))
     deadline = time.monotonic() + seconds
@@ -382,7 +384,7 @@ def load(run: Run) -> None:
     parallel(send, len(clerks))
     browsing.join()
     entries = run.sandbox.log(since=seq)
-    posts = sum(e["endpoint"] == "kickout_post" and storm_task in e["path"] for e in entries)
+    posts = sum(1 for e in entries if e["endpoint"] == "kickout_post" and storm_task in e["path"])
     section = f"Load: {len(clerks)} clerks for {seconds:g} s"
     for kind, timing in sorted(tally.items()):
         run.add(section, kind, f"{_ms(timing)}; {run.trips(timing.median)} RT median")

@@ -115,7 +115,7 @@ class HistoryForm(forms.Form):
         label="Per page",
         choices=[(size, str(size)) for size in PAGE_SIZES],
         coerce=int,
-        empty_value=PAGE_SIZE,
+        empty_value=PAGE_SIZE,  # type: ignore[arg-type]  # django-stubs: str | None; any value works
         error_messages={
             "invalid_choice": f"Choose {', '.join(map(str, PAGE_SIZES[:-1]))} or "
             f"{PAGE_SIZES[-1]} retries a page."
@@ -316,10 +316,10 @@ def _read_final_statuses(limit: int = 50) -> list[str]:
 
 def final_statuses() -> list[str]:
     """The statuses new tasks ended with, for the filter's choices; cached for a minute."""
-    statuses: list[str] = cache.get_or_set(
+    statuses = cache.get_or_set(
         FINAL_STATUS_CACHE_KEY, _read_final_statuses, FINAL_STATUS_CACHE_SECONDS
     )
-    return statuses
+    return list(statuses or [])
 
 
 def final_status_choices() -> list[tuple[str, str]]:
@@ -334,10 +334,8 @@ def final_status_choices() -> list[tuple[str, str]]:
 def users_with_retries() -> list[tuple[int, str]]:
     """(pk, name) of everyone who has retried, for the filter's choices; cached for a minute
     and forgotten when a retry is recorded (`forget_people_with_retries`)."""
-    users: list[tuple[int, str]] = cache.get_or_set(
-        USERS_CACHE_KEY, _read_users_with_retries, USERS_CACHE_SECONDS
-    )
-    return users
+    users = cache.get_or_set(USERS_CACHE_KEY, _read_users_with_retries, USERS_CACHE_SECONDS)
+    return list(users or [])
 
 
 def forget_people_with_retries() -> None:

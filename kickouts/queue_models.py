@@ -7,6 +7,8 @@ nothing. Imported by `kickouts.models`, so Django sees these models as the app's
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import Q
@@ -26,14 +28,14 @@ class HandledReason(models.TextChoices):
     OTHER = "other", "ignored: other"
 
 
-class ImportSnapshotQuerySet(models.QuerySet):
+class ImportSnapshotQuerySet(models.QuerySet["ImportSnapshot"]):
     def open(self) -> ImportSnapshotQuerySet:
         return self.filter(handled_reason="")
 
     def handled(self) -> ImportSnapshotQuerySet:
         return self.exclude(handled_reason="")
 
-    def user_names(self):
+    def user_names(self) -> models.QuerySet[ImportSnapshot, str]:
         """The EnergyCAP users who ran the stored imports, for the user filters' choices."""
         return (
             self.exclude(user_full_name="")
@@ -108,15 +110,15 @@ class ImportSnapshot(models.Model):
         except ValueError:
             return self.handled_reason
 
-    def mark_handled(self, *, user, reason: str, note: str = "") -> HandledChange:
+    def mark_handled(self, *, user: Any, reason: str, note: str = "") -> HandledChange:
         """Take the import out of the queue, with a reason, and record the change."""
         return self._change(user=user, reason=reason, note=note)
 
-    def reopen(self, *, user, note: str = "") -> HandledChange:
+    def reopen(self, *, user: Any, note: str = "") -> HandledChange:
         """Put a handled import back in the queue, and record the change."""
         return self._change(user=user, reason="", note=note)
 
-    def _change(self, *, user, reason: str, note: str) -> HandledChange:
+    def _change(self, *, user: Any, reason: str, note: str) -> HandledChange:
         with transaction.atomic():
             # Lock the row so two clerks' clicks are recorded one after the other, each
             # with the state it really changed from.
@@ -220,9 +222,9 @@ class QueueListing(models.Model):
     def __str__(self) -> str:
         return f"Listing of the last {self.days} days"
 
-    @classmethod
-    def record(cls, days: int, **fields) -> None:
+    @staticmethod
+    def record(days: int, **fields: Any) -> None:
         """Set these fields on the period's row, made first if missing (race-free: two
         processes may both insert, one insert wins, both updates land)."""
-        cls.objects.bulk_create([cls(days=days)], ignore_conflicts=True)
-        cls.objects.filter(days=days).update(**fields)
+        QueueListing.objects.bulk_create([QueueListing(days=days)], ignore_conflicts=True)
+        QueueListing.objects.filter(days=days).update(**fields)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from functools import wraps
+from typing import Any
 
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
@@ -70,13 +71,16 @@ CSV_COLUMNS = (
 CSV_CHUNK_ROWS = 2000
 
 
-def history_permission(view):
+View = Callable[..., HttpResponseBase]
+
+
+def history_permission(view: View) -> View:
     """Supervisors see every retry; anyone else needs AP staff's permission, and is refused
     (403, logged by `permission_required`) without it."""
-    as_ap_staff = permission_required("kickouts.submit_retry")(view)
+    as_ap_staff: View = permission_required("kickouts.submit_retry")(view)
 
     @wraps(view)
-    def wrapper(request, *args, **kwargs):
+    def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if request.user.has_perm("kickouts.view_all_retries"):
             return view(request, *args, **kwargs)
         return as_ap_staff(request, *args, **kwargs)
@@ -123,7 +127,7 @@ def history(request: HtmxHttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 @history_permission
-def history_csv(request: HtmxHttpRequest) -> HttpResponse:
+def history_csv(request: HtmxHttpRequest) -> HttpResponseBase:
     filters = _filters(request)
     if not filters.is_valid():
         return HttpResponse(
@@ -150,17 +154,17 @@ def _filters(request: HtmxHttpRequest) -> HistoryFilter:
     return HistoryFilter(request.GET, queryset=retries, user=request.user)
 
 
-def csv_pieces(rows: Iterable[tuple]) -> Iterator[str]:
+def csv_pieces(rows: Iterable[tuple[Any, ...]]) -> Iterator[str]:
     """The header, then the rows in pieces: memory stays flat however many."""
     header = [header for header, _ in CSV_COLUMNS]
     return spreadsheet.pieces(header, spreadsheet.lines(map(_cells, rows)))
 
 
-def _cells(row: tuple) -> list[str]:
+def _cells(row: tuple[Any, ...]) -> list[str]:
     return [_cell(value) for value in row]
 
 
-def _cell(value) -> str:
+def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):

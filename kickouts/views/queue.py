@@ -15,7 +15,7 @@ from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Exists, Max, Min, OuterRef, Q, QuerySet
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -31,6 +31,7 @@ from ..decorators import login_required, permission_required
 from ..queue_models import (
     HandledReason,
     ImportSnapshot,
+    ImportSnapshotQuerySet,
     KickoutRow,
     QueueListing,
     SnapshotState,
@@ -68,7 +69,7 @@ class HandledForm(forms.Form):
     )
 
 
-class CountedPaginator(Paginator):
+class CountedPaginator(Paginator[Any]):
     """A paginator told its count, already computed with others in one query."""
 
     def __init__(self, object_list: Any, per_page: int, count: int) -> None:
@@ -93,14 +94,14 @@ class QueueFilter:
     def days(self) -> int:
         return PERIODS[self.period]
 
-    def snapshots(self) -> QuerySet[ImportSnapshot]:
+    def snapshots(self) -> ImportSnapshotQuerySet:
         since = timezone.now() - timedelta(days=self.days)
         found = ImportSnapshot.objects.filter(begin_date__gte=since)
         if self.user:
             found = found.filter(user_full_name=self.user)
         return found
 
-    def listed(self) -> QuerySet[ImportSnapshot]:
+    def listed(self) -> ImportSnapshotQuerySet:
         """The imports the queue lists: ready, and open (or handled, with that filter)."""
         chosen = self.snapshots().filter(state=SnapshotState.READY)
         return chosen.handled() if self.show == "handled" else chosen.open()
@@ -281,8 +282,8 @@ def queue_group(request: HtmxHttpRequest) -> HttpResponse:
 # -- handled / reopen --
 
 
-def _back(request, snapshot: ImportSnapshot) -> str:
-    target = request.POST.get("next", "")
+def _back(request: HtmxHttpRequest, snapshot: ImportSnapshot) -> str:
+    target = str(request.POST.get("next", ""))
     if target and url_has_allowed_host_and_scheme(
         target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     ):
@@ -349,7 +350,7 @@ def reopen(request: HtmxHttpRequest, guid: str) -> HttpResponse:
     return redirect(_back(request, snapshot))
 
 
-def handled_context(request, guid: str) -> dict:
+def handled_context(request: HtmxHttpRequest, guid: str) -> dict[str, Any]:
     """The task page's handled panel: state, the form or reopen, and the history."""
     snapshot = (
         ImportSnapshot.objects.filter(task_guid=guid.lower()).select_related("handled_by").first()
@@ -369,7 +370,7 @@ def handled_context(request, guid: str) -> dict:
 
 def kickouts_csv(
     imports: QuerySet[ImportSnapshot], name: str, message: str | None = None
-) -> HttpResponse:
+) -> HttpResponseBase:
     """Stream these imports' rows (or only those with `message`), with the grids' own column
     names (in order of first appearance) and each row's import number, newest import first."""
     grids = list(imports.order_by().values_list("columns", flat=True).distinct())
@@ -395,7 +396,7 @@ def kickouts_csv(
 
 @require_GET
 @login_required
-def queue_csv(request: HtmxHttpRequest) -> HttpResponse:
+def queue_csv(request: HtmxHttpRequest) -> HttpResponseBase:
     """The whole queue's rows, or one group's (`message`)."""
     listed = QueueFilter(request.GET).listed()
     message = request.GET.get("message")
@@ -406,7 +407,7 @@ def queue_csv(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_GET
 @login_required
-def import_csv(request: HtmxHttpRequest, guid: str) -> HttpResponse:
+def import_csv(request: HtmxHttpRequest, guid: str) -> HttpResponseBase:
     snapshot = get_object_or_404(ImportSnapshot, task_guid=guid.lower(), state=SnapshotState.READY)
     return kickouts_csv(
         ImportSnapshot.objects.filter(pk=snapshot.pk),
