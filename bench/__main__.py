@@ -3,6 +3,7 @@
     python -m bench             # PostgreSQL + Redis + gunicorn gthread, 1,000,000 retries
     python -m bench --quick     # a smoke run: 20,000 retries, fewer repeats, short phases
     python -m bench --sqlite    # SQLite (bench/out/bench.sqlite3) instead of PostgreSQL
+    python -m bench --phases history,kickout_queue   # only these (a partial table)
 
 On 127.0.0.1: the sandbox as EnergyCAP (every answer --latency late), the dashboard under
 gunicorn (DEBUG off), a scratch database (made when missing) whose retries are generated once
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-seconds", type=float, help="length of the load phase (60)")
     parser.add_argument("--database-url", default=DATABASE, help="a scratch PostgreSQL db")
     parser.add_argument("--redis-url", default=REDIS, help="a Redis db the benchmark may empty")
+    parser.add_argument(
+        "--phases",
+        help="only these phases, comma-separated (e.g. history,kickout_queue; round_trip runs "
+        "first whatever is chosen)",
+    )
     args = parser.parse_args(argv)
     rows = args.rows or (20_000 if args.quick else 1_000_000)
     database_url = args.database_url
@@ -91,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         run.load_seconds = args.load_seconds or (20.0 if args.quick else 60.0)
         run.latency = args.latency
         try:
-            for step in phases.PHASES:
+            for step in phases.chosen(args.phases):
                 say(step.__name__)
                 try:
                     step(run)
