@@ -90,6 +90,28 @@ def test_each_group_says_what_to_do_and_an_unknown_message_has_no_advice_yet(
     assert UNKNOWN in page
 
 
+def test_the_groups_are_grouped_once_per_set_of_listed_imports(clerk, clerk_client, quinns_imports):
+    """A second view of the same imports reads the groups it grouped before; handling an
+    import makes another set, grouped afresh, and the page shows it at once."""
+
+    def view() -> tuple[dict[str, dict], int]:
+        with CaptureQueriesContext(connection) as queries:
+            response = clerk_client.get(reverse("queue"), {"user": QUINN})
+        grouping = [q for q in queries.captured_queries if "GROUP BY" in q["sql"].upper()]
+        return groups_of(response), len(grouping)
+
+    first, grouped = view()
+    assert (first[ACCOUNT]["rows"], grouped) == (7, 1)
+    again, grouped = view()
+    assert (again, grouped) == (first, 0)
+    ImportSnapshot.objects.get(task_guid=quinns_imports[0]["taskGUId"]).mark_handled(
+        user=clerk, reason="corrected_file", note=""
+    )
+    after, grouped = view()
+    assert (after[ACCOUNT]["rows"], after[ACCOUNT]["imports"], grouped) == (3, 2, 1)
+    assert METER in after and after[METER]["imports"] == 1
+
+
 def test_the_period_filter_leaves_older_imports_out(clerk_client, quinns_imports):
     """Seven days: only the two newer imports count."""
     response = clerk_client.get(reverse("queue"), {"user": QUINN, "period": "7"})
