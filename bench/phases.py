@@ -21,6 +21,7 @@ from django.db.models import Count
 from django.urls import reverse
 
 from kickouts.bulk_models import BulkRetry
+from kickouts.history_filters import Cursor
 from kickouts.models import RetryAttempt as Retry
 from kickouts.sandbox.control import SandboxControl
 
@@ -193,6 +194,9 @@ def history_filters() -> list[tuple[str, dict, dict]]:
     note = Retry.objects.filter(import_note__startswith="Meter swap").first()
     note = note.import_note if note else "Meter swap"
     day, mode = "%Y-%m-%d", "use pending batch"
+    # Halfway down, as "Older" links reach it (keyset), and as the admin's pages do (OFFSET).
+    half = Retry.objects.count() // 2
+    middle = str(Cursor.of(Retry.objects.get(id=half)))
     return [
         ("unfiltered", {}, {}),
         (f"by user ({clerk.username})", {"user": clerk.pk}, {"requested_by__id__exact": clerk.pk}),
@@ -207,6 +211,7 @@ def history_filters() -> list[tuple[str, dict, dict]]:
         ("search: a task GUID", {"q": guid}, {"q": guid}),
         (f"search: a batch code ({codes} matching)", {"q": code}, {"q": code}),
         ("search: note words (1 matching)", {"q": note}, {"q": note}),
+        (f"a page {half:,} retries deep", {"before": middle}, {"p": max(1, half // 100)}),
     ]
 
 
