@@ -261,7 +261,7 @@ def test_once_the_period_is_listed_each_page_says_when(clerk_client, quinns_impo
     ]:
         page = page_text(clerk_client, name, **query)
         assert "Asking EnergyCAP" not in page and "these totals may grow" not in page, query
-        assert f"Queue last refreshed from EnergyCAP {stamp}" in page, query
+        assert f"Queue last refreshed from EnergyCAP: {stamp}" in page, query
     longer = page_text(clerk_client, "queue", user=QUINN, period="90")
     assert "Not yet refreshed from EnergyCAP" in longer
 
@@ -703,7 +703,7 @@ def test_the_worker_lists_the_period_itself_and_fills_the_queue(
     assert sum(g["imports"] for g in after.context["groups"]) >= len(expected)
     assert "Still loading" not in after.content.decode()
     assert "Asking EnergyCAP" not in after.content.decode()
-    assert "Queue last refreshed from EnergyCAP <time" in after.content.decode()
+    assert "Queue last refreshed from EnergyCAP: <time" in after.content.decode()
 
 
 def test_the_queue_asks_for_a_listing_at_most_once_in_five_minutes(
