@@ -12,13 +12,17 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
 from django.core.management import call_command
 from django.db import connection, transaction
+from django.db.models import F
+from django.db.models.functions import Mod
 
 from kickouts import roles
+from kickouts.bulk_models import BulkLine, BulkRetry
 from kickouts.models import FollowUp, RetryAttempt, RetrySource
 from kickouts.roles import ensure_roles
 
@@ -36,6 +40,10 @@ FINALS += ["Completed with errors"] * 2  # an undocumented status, shown verbati
 CODES = ["ELEC", "WATER", "GAS", "TELECOM", "STEAM", "EDI"]
 NOTES = ["", "", "", "Fixed account numbers", "Vendor corrected the meter codes", "Month-end"]
 RARE_NOTE_EVERY = 100_000  # "Meter swap at site <n>": a search that matches one row
+# One retry in twenty was part of a bulk: ten consecutive retries of every two hundred.
+BULK_EVERY, BULK_SIZE = 200, 10
+BULK_MARKER = "bench_bulks"
+LINE_STATES = {"submitted": "sent", "rejected": "refused", "not_sent": "not_sent"}
 
 
 def prepare(rows: int, say: Callable[[str], None]) -> str:
@@ -57,11 +65,87 @@ def prepare(rows: int, say: Callable[[str], None]) -> str:
         started = time.monotonic()
         say(f"Generating {rows:,} retries (once; later runs reuse them)")
         cursor.execute(f"DELETE FROM {MARKER}")  # noqa: S608
+        _delete_bulks(cursor)
         for table in ("followup", "retrysource", "correctedfile", "retryattempt"):
             cursor.execute(f"DELETE FROM kickouts_{table}")  # noqa: S608
         load(generate(rows, [users[name] for name in CLERKS + SUPERVISORS]), say)
         cursor.execute(f"INSERT INTO {MARKER} VALUES (%s)", [wanted])  # noqa: S608
     return f"generated in {time.monotonic() - started:.0f} s"
+
+
+def prepare_bulks(rows: int, say: Callable[[str], None]) -> str:
+    """Make sure one retry in twenty belongs to a generated bulk (made once, reused)."""
+    wanted = f"{GENERATOR}:{rows}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE IF NOT EXISTS {BULK_MARKER} (value varchar(100) NOT NULL)")
+        cursor.execute(f"SELECT value FROM {BULK_MARKER}")  # noqa: S608
+        if [value for (value,) in cursor.fetchall()] == [wanted]:
+            return "reused"
+        started = time.monotonic()
+        say(f"Generating the bulks of {rows:,} retries (once; later runs reuse them)")
+        _delete_bulks(cursor)
+        load_bulks(rows)
+        cursor.execute(f"INSERT INTO {BULK_MARKER} VALUES (%s)", [wanted])  # noqa: S608
+    return f"generated in {time.monotonic() - started:.0f} s"
+
+
+def _delete_bulks(cursor) -> None:
+    """Every bulk, its lines and the retries' ties to them (and the bulks' marker)."""
+    cursor.execute(f"CREATE TABLE IF NOT EXISTS {BULK_MARKER} (value varchar(100) NOT NULL)")
+    cursor.execute(f"DELETE FROM {BULK_MARKER}")  # noqa: S608
+    cursor.execute(f"DELETE FROM {BulkLine._meta.db_table}")  # noqa: S608
+    retries = RetryAttempt._meta.db_table
+    cursor.execute(f"UPDATE {retries} SET bulk_id = NULL WHERE bulk_id IS NOT NULL")  # noqa: S608
+    cursor.execute(f"DELETE FROM {BulkRetry._meta.db_table}")  # noqa: S608
+
+
+def load_bulks(rows: int) -> None:
+    """A bulk for each run of BULK_SIZE retries at the start of every BULK_EVERY: the first
+    retry's user, time and settings, one line per retry with the state its outcome gives."""
+    members = RetryAttempt.objects.alias(slot=Mod(F("id") - 1, BULK_EVERY)).filter(
+        id__lte=rows, slot__lt=BULK_SIZE
+    )
+    columns = ("id", "requested_by_id", "requested_at", "batch_mode", "batch_code", "outcome")
+    bulks: list[dict[str, Any]] = []
+    lines: list[dict[str, Any]] = []
+    for retry_id, user, at, mode, code, outcome in (
+        members.order_by("id").values_list(*columns).iterator(chunk_size=20_000)
+    ):
+        bulk_id, position = divmod(retry_id - 1, BULK_EVERY)
+        bulk_id += 1
+        if position == 0:
+            settings = {"batchMode": mode, **({"newBatchCode": code} if code else {})}
+            bulks.append(
+                dict(id=bulk_id, requested_by_id=user, requested_at=at, batch_mode=mode)
+                | dict(batch_code=code, payload={"batchSettings": settings}, state="done")
+                | dict(finished_at=at, form_token=f"{bulk_id:08x}-0000-4000-8000-000000000000")
+            )
+        lines.append(
+            dict(id=len(lines) + 1, bulk_id=bulk_id, position=position, retry_id=retry_id)
+            | dict(task_guid=f"{retry_id:08x}-0000-4000-8000-{bulk_id:012x}")
+            | dict(state=LINE_STATES.get(outcome, "unknown"))
+        )
+    copy_rows(BulkRetry, bulks)
+    copy_rows(BulkLine, lines)
+    members.update(bulk_id=(F("id") - 1) / BULK_EVERY + 1)
+    postgres = connection.vendor == "postgresql"
+    with connection.cursor() as cursor:
+        for model in (BulkRetry, BulkLine, RetryAttempt):
+            table = model._meta.db_table
+            if postgres and model is not RetryAttempt:
+                sequence = f"pg_get_serial_sequence('{table}', 'id')"
+                cursor.execute(f"SELECT setval({sequence}, (SELECT MAX(id) FROM {table}))")  # noqa: S608
+            cursor.execute(f"VACUUM ANALYZE {table}" if postgres else "ANALYZE")
+
+
+def copy_rows(model, rows: list[dict]) -> None:
+    """`rows` of `model` (fields not given take their defaults), by COPY on PostgreSQL."""
+    table = _Table(model, connection.vendor == "postgresql")
+    for row in rows:
+        table.add(row)
+        if len(table.batch) == 20_000:
+            table.flush()
+    table.flush()
 
 
 def ensure_people() -> dict[str, int]:

@@ -75,7 +75,7 @@ def peak_growth(pids: list[int]):
         return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
 
     start = {pid: rss_kib(pid) for pid in pids}
-    peak, stop, result = dict(start), threading.Event(), {}
+    peak, stop, result = dict(start), threading.Event(), dict[str, int]()
 
     def sample() -> None:
         while not stop.wait(0.02):
@@ -139,7 +139,7 @@ def submit(session: requests.Session, form: Form, button: str, **fields: str):
     """POST the form as htmx would after a click on `button` (redirects not followed)."""
     name, own_url = form.buttons[button]
     data = {**form.fields, **fields, name: button}
-    headers = {**HX, "X-CSRFToken": session.cookies.get("csrftoken", "")}
+    headers = {**HX, "X-CSRFToken": session.cookies.get("csrftoken") or ""}
     return session.post(
         own_url or form.url, data=data, headers=headers, allow_redirects=False, timeout=TIMEOUT
     )

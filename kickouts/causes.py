@@ -56,6 +56,11 @@ class Advice:
         return self.cause.fix if self.cause else "no advice yet"
 
     @property
+    def needs_corrected_file(self) -> bool:
+        """Re-importing the same file kicks the same rows out again: the fix is in the file."""
+        return self.cause is not None and self.cause.after_fix == CORRECT_FILE
+
+    @property
     def after_fix(self) -> str:
         if self.cause is None:
             return ""
@@ -147,6 +152,30 @@ CAUSES: tuple[Cause, ...] = (
             ("inconsistent", "date"),
         ),
         "use one date format in the whole file",
+        CORRECT_FILE,
+    ),
+    # Not in EnergyCAP's documented table: both are wrong values in the file itself, which
+    # the re-import sends again unchanged, so the only fix is a corrected file.
+    Cause(
+        "bill_dates_reversed",
+        "Bill end date before its start date",
+        (
+            ("end date", "before", "start date"),
+            ("end date", "earlier than", "start date"),
+            ("start date", "after", "end date"),
+            ("start date", "later than", "end date"),
+        ),
+        "correct the bill's start and end dates in the file",
+        CORRECT_FILE,
+    ),
+    Cause(
+        "line_items_total",
+        "Total cost does not match the line items",
+        (
+            ("total", "line item"),
+            ("cost", "line item"),
+        ),
+        "make the bill's total cost equal the sum of its line items in the file",
         CORRECT_FILE,
     ),
     Cause(

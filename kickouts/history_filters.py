@@ -1,4 +1,4 @@
-"""The retry history's filters, and its pages newest first.
+"""The retry history's filters (a django-filter `FilterSet`), and its pages newest first.
 
 Every filter maps onto an index of `RetryAttempt` (see its Meta), so one page is one short
 query even over a million records. Pages go by keyset ("older than this row"), never by
@@ -8,21 +8,23 @@ matching row.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from urllib.parse import urlencode
 
+import django_filters
 from django import forms
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from . import batch_modes, overview
 from .causes import CAUSE_KEYS, cause_label
-from .models import FollowUp, ImportSnapshot, Kind, Outcome, RetryAttempt
+from .models import FollowUp, ImportSnapshot, Kind, Outcome, RetryAttempt, RetryAttemptQuerySet
 
 # Rows a page: rendering them is most of the page's time (README, Benchmarks); 25 unless
 # the reader chooses more.
@@ -73,7 +75,7 @@ class CursorField(forms.Field):
         "invalid": "This page link is broken or out of date; start again from the newest retries."
     }
 
-    def to_python(self, value) -> Cursor | None:
+    def to_python(self, value: Any) -> Cursor | None:
         if value in self.empty_values:
             return None
         match = re.fullmatch(r"([0-9]{1,18})-([0-9]{1,17})", str(value))
@@ -91,7 +93,7 @@ class UserChoiceField(forms.ChoiceField):
     primary key alone: someone whose first retry is newer than the cached list is still
     found, and checking against the listing's EXISTS query read all of that user's retries."""
 
-    def to_python(self, value):
+    def to_python(self, value: Any) -> AbstractBaseUser | None:
         if value in self.empty_values:
             return None
         value = str(value)
@@ -104,97 +106,20 @@ class UserChoiceField(forms.ChoiceField):
                 self.error_messages["invalid_choice"], code="invalid_choice"
             ) from None
 
-    def validate(self, value):
+    def validate(self, value: Any) -> None:
         forms.Field.validate(self, value)  # found by to_python: no need to be in the list
 
 
-class HistoryFilterForm(forms.Form):
-    """What the history page and its CSV are narrowed to. Every field may stay empty."""
+class HistoryForm(forms.Form):
+    """The filters' form (django-filter adds a field per filter of `HistoryFilter`): the page
+    size, the paging cursors, the rules across fields, and links that keep the filters."""
 
-    user = UserChoiceField(
-        required=False,
-        label="Asked by",
-        widget=forms.Select,
-        error_messages={
-            "invalid_choice": "Choose someone from the list: that user has no retries."
-        },
-    )
-    date_from = forms.DateField(
-        required=False,
-        label="From",
-        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
-        error_messages={"invalid": "Enter a date like 2026-11-20."},
-    )
-    date_to = forms.DateField(
-        required=False,
-        label="To",
-        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
-        error_messages={"invalid": "Enter a date like 2026-11-20."},
-    )
-    kind = forms.ChoiceField(
-        required=False,
-        widget=forms.Select,
-        label="Kind",
-        choices=[("", "Re-imports and corrected files"), *Kind.choices],
-        error_messages={"invalid_choice": "Choose re-imports or corrected files from the list."},
-    )
-    outcome = forms.ChoiceField(
-        required=False,
-        widget=forms.Select,
-        choices=[("", "Any outcome"), *Outcome.choices],
-        error_messages={"invalid_choice": "Choose an outcome from the list."},
-    )
-    final_status = forms.ChoiceField(
-        required=False,
-        widget=forms.Select,
-        label="Final status",
-        error_messages={"invalid_choice": "No retry’s new task ended “%(value)s”."},
-    )
-    batch_mode = forms.ChoiceField(
-        required=False,
-        widget=forms.Select,
-        label="Batch mode",
-        choices=[("", "Any batch mode"), *batch_modes.CHOICES],
-        error_messages={"invalid_choice": "Choose a batch mode from the list."},
-    )
-    bulk = forms.IntegerField(
-        required=False,
-        min_value=1,
-        max_value=2_147_483_647,
-        label="Bulk retry",
-        error_messages={"invalid": "A bulk retry's number, such as 12."},
-    )
-    q = forms.CharField(
-        required=False,
-        max_length=200,
-        label="Search",
-        help_text="A task GUID (or its start), a whole batch code, or words from the import note.",
-    )
-    result = forms.ChoiceField(
-        required=False,
-        label="Fixed",
-        choices=[("", "Any result"), *overview.RESULTS.items()],
-        error_messages={"invalid_choice": "Choose a result from the list."},
-    )
-    cause = forms.ChoiceField(
-        required=False,
-        label="Cause",
-        choices=[("", "Any cause"), *((key, cause_label(key)) for key in CAUSE_KEYS)],
-        help_text="Retries whose source import had rows of this cause.",
-        error_messages={"invalid_choice": "Choose a cause from the list."},
-    )
-    energycap_user = forms.CharField(
-        required=False,
-        max_length=255,
-        label="EnergyCAP user",
-        help_text="Retries of the imports this EnergyCAP user ran (the queue's filter).",
-    )
     per_page = forms.TypedChoiceField(
         required=False,
         label="Per page",
         choices=[(size, str(size)) for size in PAGE_SIZES],
         coerce=int,
-        empty_value=PAGE_SIZE,
+        empty_value=PAGE_SIZE,  # type: ignore[arg-type]  # django-stubs: str | None; any value works
         error_messages={
             "invalid_choice": f"Choose {', '.join(map(str, PAGE_SIZES[:-1]))} or "
             f"{PAGE_SIZES[-1]} retries a page."
@@ -204,27 +129,20 @@ class HistoryFilterForm(forms.Form):
     before = CursorField(required=False)
     after = CursorField(required=False)
 
-    def __init__(self, data, *, user, **kwargs):
-        super().__init__(data, label_suffix="", **kwargs)
-        if user.has_perm("kickouts.view_all_retries"):
-            self.fields["user"].choices = [("", "Everyone"), *users_with_retries()]
-        else:
-            del self.fields["user"]
-        self.fields["final_status"].choices = [
-            ("", "Any final status"),
-            (STILL_RUNNING, "Still running"),
-            (STILL_KICKING_OUT, "Still kicking out"),
-            *((status, status) for status in final_statuses()),
-        ]
+    field_order = list(FILTERS)
 
-    def clean_date_from(self):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+
+    def clean_date_from(self) -> date | None:
         return _plausible(self.cleaned_data["date_from"])
 
-    def clean_date_to(self):
+    def clean_date_to(self) -> date | None:
         return _plausible(self.cleaned_data["date_to"])
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
         start, end = data.get("date_from"), data.get("date_to")
         if start and end and start > end:
             self.add_error("date_to", "Choose a day on or after “From”.")
@@ -236,30 +154,163 @@ class HistoryFilterForm(forms.Form):
         """The filters as given, empty ones (and the default page size) left out: for links
         that keep them."""
         given = {
-            name: self.data[name].strip()
+            name: str(self.data[name]).strip()
             for name in FILTERS
-            if name in self.fields and self.data.get(name, "").strip()
+            if name in self.fields and str(self.data.get(name, "")).strip()
         }
         if given.get("per_page") == str(PAGE_SIZE):
             del given["per_page"]
         return given
 
-    @property
-    def fields_version(self) -> str:
-        """What the filter fields' HTML depends on (for the template's {% cache %}): the values
-        given, the choices offered and which fields have errors."""
-        given = [(name, self.data.get(name, "")) for name in self.fields if name in FILTERS]
-        offered = [getattr(field, "choices", None) for field in self.fields.values()]
-        state = repr((given, offered, sorted(self.errors)))
-        return hashlib.sha256(state.encode()).hexdigest()[:32]
-
     def has_filters(self) -> bool:
         """Whether anything narrows the retries (the page size does not)."""
         return any(name != "per_page" for name in self.filter_params())
 
-    def url(self, path: str, **paging) -> str:
-        query = urlencode({**self.filter_params(), **{k: v for k, v in paging.items() if v}})
+    def url(self, path: str, **paging: Cursor | None) -> str:
+        query = urlencode({**self.filter_params(), **{k: str(v) for k, v in paging.items() if v}})
         return f"{path}?{query}" if query else path
+
+
+class UserFilter(django_filters.Filter):  # type: ignore[misc]
+    field_class = UserChoiceField
+
+
+class IntegerFilter(django_filters.Filter):  # type: ignore[misc]
+    field_class = forms.IntegerField
+
+
+class HistoryFilter(django_filters.FilterSet):  # type: ignore[misc]
+    """What the history page and its CSV are narrowed to. Every filter may stay empty; each
+    maps onto an index of `RetryAttempt`."""
+
+    user = UserFilter(
+        field_name="requested_by",
+        label="Asked by",
+        error_messages={
+            "invalid_choice": "Choose someone from the list: that user has no retries."
+        },
+    )
+    date_from = django_filters.DateFilter(
+        method="filter_date_from",
+        label="From",
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+        error_messages={"invalid": "Enter a date like 2026-11-20."},
+    )
+    date_to = django_filters.DateFilter(
+        method="filter_date_to",
+        label="To",
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+        error_messages={"invalid": "Enter a date like 2026-11-20."},
+    )
+    kind = django_filters.ChoiceFilter(
+        label="Kind",
+        choices=Kind.choices,
+        empty_label="Re-imports and corrected files",
+        error_messages={"invalid_choice": "Choose re-imports or corrected files from the list."},
+    )
+    outcome = django_filters.ChoiceFilter(
+        label="Outcome",
+        choices=Outcome.choices,
+        empty_label="Any outcome",
+        error_messages={"invalid_choice": "Choose an outcome from the list."},
+    )
+    final_status = django_filters.ChoiceFilter(
+        method="filter_final_status",
+        label="Final status",
+        choices=[],  # per request: `final_status_choices`
+        empty_label="Any final status",
+        error_messages={"invalid_choice": "No retry’s new task ended “%(value)s”."},
+    )
+    batch_mode = django_filters.ChoiceFilter(
+        label="Batch mode",
+        choices=batch_modes.CHOICES,
+        empty_label="Any batch mode",
+        error_messages={"invalid_choice": "Choose a batch mode from the list."},
+    )
+    bulk = IntegerFilter(
+        label="Bulk retry",
+        min_value=1,
+        max_value=2_147_483_647,
+        error_messages={"invalid": "A bulk retry's number, such as 12."},
+    )
+    q = django_filters.CharFilter(
+        method="filter_search",
+        label="Search",
+        max_length=200,
+        help_text="A task GUID (or its start), a whole batch code, or words from the import note.",
+    )
+    result = django_filters.ChoiceFilter(
+        method="filter_result",
+        label="Fixed",
+        choices=list(overview.RESULTS.items()),
+        empty_label="Any result",
+        error_messages={"invalid_choice": "Choose a result from the list."},
+    )
+    cause = django_filters.ChoiceFilter(
+        field_name="comparison__causes__cause",
+        label="Cause",
+        choices=[(key, cause_label(key)) for key in CAUSE_KEYS],
+        empty_label="Any cause",
+        help_text="Retries whose source import had rows of this cause.",
+        error_messages={"invalid_choice": "Choose a cause from the list."},
+    )
+    energycap_user = django_filters.CharFilter(
+        method="filter_energycap_user",
+        label="EnergyCAP user",
+        max_length=255,
+        help_text="Retries of the imports this EnergyCAP user ran (the queue's filter).",
+    )
+
+    class Meta:
+        model = RetryAttempt
+        fields: list[str] = []
+        form = HistoryForm
+
+    def __init__(self, data: Any, *, queryset: RetryAttemptQuerySet, user: Any) -> None:
+        super().__init__(data, queryset=queryset)
+        if user.has_perm("kickouts.view_all_retries"):
+            self.filters["user"].extra["choices"] = [("", "Everyone"), *users_with_retries()]
+        else:
+            del self.filters["user"]
+        self.filters["final_status"].extra["choices"] = final_status_choices()
+
+    def filter_queryset(self, queryset: RetryAttemptQuerySet) -> RetryAttemptQuerySet:
+        # The form also holds the page size and the cursors, which narrow nothing.
+        data = self.form.cleaned_data
+        for name, chosen in self.filters.items():
+            queryset = chosen.filter(queryset, data.get(name))
+        return queryset
+
+    def filter_date_from(
+        self, retries: RetryAttemptQuerySet, name: str, day: date
+    ) -> RetryAttemptQuerySet:
+        return retries.filter(requested_at__gte=_start_of(day))
+
+    def filter_date_to(
+        self, retries: RetryAttemptQuerySet, name: str, day: date
+    ) -> RetryAttemptQuerySet:
+        return retries.filter(requested_at__lt=_start_of(day + timedelta(1)))
+
+    def filter_final_status(
+        self, retries: RetryAttemptQuerySet, name: str, status: str
+    ) -> RetryAttemptQuerySet:
+        return with_final_status(retries, status)
+
+    def filter_search(
+        self, retries: RetryAttemptQuerySet, name: str, term: str
+    ) -> RetryAttemptQuerySet:
+        return retries.filter(search_condition(term))
+
+    def filter_result(
+        self, retries: RetryAttemptQuerySet, name: str, result: str
+    ) -> RetryAttemptQuerySet:
+        return retries.filter(overview.result_condition(result))
+
+    def filter_energycap_user(
+        self, retries: RetryAttemptQuerySet, name: str, full_name: str
+    ) -> RetryAttemptQuerySet:
+        theirs = ImportSnapshot.objects.filter(user_full_name=full_name.strip())
+        return retries.filter(source_task_guid__in=theirs.values("task_guid"))
 
 
 def _plausible(day: date | None) -> date | None:
@@ -271,10 +322,58 @@ def _plausible(day: date | None) -> date | None:
     return day
 
 
+# -- The new task's reading and the comparison: the only place the filters name their fields.
+
+
+def with_final_status(retries: RetryAttemptQuerySet, status: str) -> RetryAttemptQuerySet:
+    """The retries whose new task is still running, still kicks out some of the source's
+    rows, or ended with `status`."""
+    if status == STILL_RUNNING:
+        return retries.unfinished()
+    if status == STILL_KICKING_OUT:
+        return retries.filter(comparison__still_count__gt=0)
+    return retries.filter(follow_up__status=status, follow_up__finished=True)
+
+
+def _read_final_statuses(limit: int = 50) -> list[str]:
+    # One index probe per distinct status (a "loose index scan" of follow_up_status), where
+    # SELECT DISTINCT reads the whole table.
+    finished = FollowUp.objects.filter(finished=True).order_by("status")
+    statuses: list[str] = []
+    while len(statuses) < limit:
+        after = statuses[-1] if statuses else ""
+        status = finished.filter(status__gt=after).values_list("status", flat=True).first()
+        if status is None:
+            break
+        statuses.append(status)
+    return statuses
+
+
+# -- Choices offered, cached for a minute.
+
+
+def final_statuses() -> list[str]:
+    """The statuses new tasks ended with, for the filter's choices; cached for a minute."""
+    statuses = cache.get_or_set(
+        FINAL_STATUS_CACHE_KEY, _read_final_statuses, FINAL_STATUS_CACHE_SECONDS
+    )
+    return list(statuses or [])
+
+
+def final_status_choices() -> list[tuple[str, str]]:
+    """Still running, still kicking out, then each status a new task ended with."""
+    return [
+        (STILL_RUNNING, "Still running"),
+        (STILL_KICKING_OUT, "Still kicking out"),
+        *((status, status) for status in final_statuses()),
+    ]
+
+
 def users_with_retries() -> list[tuple[int, str]]:
     """(pk, name) of everyone who has retried, for the filter's choices; cached for a minute
     and forgotten when a retry is recorded (`forget_people_with_retries`)."""
-    return cache.get_or_set(USERS_CACHE_KEY, _read_users_with_retries, USERS_CACHE_SECONDS)
+    users = cache.get_or_set(USERS_CACHE_KEY, _read_users_with_retries, USERS_CACHE_SECONDS)
+    return list(users or [])
 
 
 def forget_people_with_retries() -> None:
@@ -294,66 +393,9 @@ def _read_users_with_retries() -> list[tuple[int, str]]:
     return [(user.pk, _user_label(user)) for user in users]
 
 
-def _user_label(user) -> str:
+def _user_label(user: Any) -> str:
     name = user.get_full_name()
     return f"{name} ({user.get_username()})" if name else user.get_username()
-
-
-def final_statuses() -> list[str]:
-    """The statuses new tasks ended with, for the filter's choices; cached for a minute."""
-    return cache.get_or_set(
-        FINAL_STATUS_CACHE_KEY, _read_final_statuses, FINAL_STATUS_CACHE_SECONDS
-    )
-
-
-def _read_final_statuses(limit: int = 50) -> list[str]:
-    # One index probe per distinct status (a "loose index scan" of retry_final_time), where
-    # SELECT DISTINCT reads the whole table.
-    finished = FollowUp.objects.filter(finished=True).order_by("status")
-    statuses: list[str] = []
-    while len(statuses) < limit:
-        after = statuses[-1] if statuses else ""
-        status = finished.filter(status__gt=after).values_list("status", flat=True).first()
-        if status is None:
-            break
-        statuses.append(status)
-    return statuses
-
-
-def filter_retries(retries: QuerySet, filters: dict) -> QuerySet:
-    """`retries` narrowed by a valid form's `cleaned_data`."""
-    if filters.get("user"):
-        retries = retries.filter(requested_by=filters["user"])
-    if filters.get("date_from"):
-        retries = retries.filter(requested_at__gte=_start_of(filters["date_from"]))
-    if filters.get("date_to"):
-        retries = retries.filter(requested_at__lt=_start_of(filters["date_to"] + timedelta(1)))
-    if filters.get("kind"):
-        retries = retries.filter(kind=filters["kind"])
-    if filters.get("outcome"):
-        retries = retries.filter(outcome=filters["outcome"])
-    if filters.get("final_status") == STILL_RUNNING:
-        retries = retries.unfinished()
-    elif filters.get("final_status") == STILL_KICKING_OUT:
-        retries = retries.filter(comparison__still_count__gt=0)
-    elif filters.get("final_status"):
-        retries = retries.filter(
-            follow_up__status=filters["final_status"], follow_up__finished=True
-        )
-    if filters.get("batch_mode"):
-        retries = retries.filter(batch_mode=filters["batch_mode"])
-    if filters.get("bulk"):
-        retries = retries.filter(bulk_id=filters["bulk"])
-    if filters.get("q"):
-        retries = retries.filter(search_condition(filters["q"]))
-    if filters.get("result"):
-        retries = retries.filter(overview.result_condition(filters["result"]))
-    if filters.get("cause"):
-        retries = retries.filter(comparison__causes__cause=filters["cause"])
-    if filters.get("energycap_user"):
-        theirs = ImportSnapshot.objects.filter(user_full_name=filters["energycap_user"])
-        retries = retries.filter(source_task_guid__in=theirs.values("task_guid"))
-    return retries
 
 
 def _start_of(day: date) -> datetime:
@@ -422,7 +464,7 @@ class HistoryPage:
 
 
 def newest_first_page(
-    retries: QuerySet,
+    retries: RetryAttemptQuerySet,
     *,
     before: Cursor | None = None,
     after: Cursor | None = None,

@@ -7,6 +7,8 @@ nothing. Imported by `kickouts.models`, so Django sees these models as the app's
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import Q
@@ -26,14 +28,14 @@ class HandledReason(models.TextChoices):
     OTHER = "other", "ignored: other"
 
 
-class ImportSnapshotQuerySet(models.QuerySet):
+class ImportSnapshotQuerySet(models.QuerySet["ImportSnapshot"]):
     def open(self) -> ImportSnapshotQuerySet:
         return self.filter(handled_reason="")
 
     def handled(self) -> ImportSnapshotQuerySet:
         return self.exclude(handled_reason="")
 
-    def user_names(self):
+    def user_names(self) -> models.QuerySet[ImportSnapshot, str]:
         """The EnergyCAP users who ran the stored imports, for the user filters' choices."""
         return (
             self.exclude(user_full_name="")
@@ -57,9 +59,6 @@ class ImportSnapshot(models.Model):
     # The grid's own column names, in EnergyCAP's order (they are not fixed).
     columns = models.JSONField(default=list, blank=True)
     row_count = models.PositiveIntegerField(default=0)
-    # The rows as CSV lines (the import's number, then `columns`), written once with the rows:
-    # the rows never change, and the downloads stream these instead of re-rendering each row.
-    csv_lines = models.TextField(blank=True)
 
     state = models.CharField(
         max_length=10, choices=SnapshotState.choices, default=SnapshotState.LOADING
@@ -80,9 +79,6 @@ class ImportSnapshot(models.Model):
         related_name="+",
     )
     handled_at = models.DateTimeField(null=True, blank=True)
-    # Raised by every change (stored, handled, reopened): the queue's groups are computed once
-    # per change of its imports (`views.queue.queue_groups`), not on every view.
-    version = models.PositiveIntegerField(default=0)
 
     objects = ImportSnapshotQuerySet.as_manager()
 
@@ -114,15 +110,15 @@ class ImportSnapshot(models.Model):
         except ValueError:
             return self.handled_reason
 
-    def mark_handled(self, *, user, reason: str, note: str = "") -> HandledChange:
+    def mark_handled(self, *, user: Any, reason: str, note: str = "") -> HandledChange:
         """Take the import out of the queue, with a reason, and record the change."""
         return self._change(user=user, reason=reason, note=note)
 
-    def reopen(self, *, user, note: str = "") -> HandledChange:
+    def reopen(self, *, user: Any, note: str = "") -> HandledChange:
         """Put a handled import back in the queue, and record the change."""
         return self._change(user=user, reason="", note=note)
 
-    def _change(self, *, user, reason: str, note: str) -> HandledChange:
+    def _change(self, *, user: Any, reason: str, note: str) -> HandledChange:
         with transaction.atomic():
             # Lock the row so two clerks' clicks are recorded one after the other, each
             # with the state it really changed from.
@@ -140,17 +136,10 @@ class ImportSnapshot(models.Model):
             current.handled_note = note if reason else ""
             current.handled_by = user if reason else None
             current.handled_at = now if reason else None
-            current.version += 1
             current.save(
-                update_fields=[
-                    "handled_reason",
-                    "handled_note",
-                    "handled_by",
-                    "handled_at",
-                    "version",
-                ]
+                update_fields=["handled_reason", "handled_note", "handled_by", "handled_at"]
             )
-        for name in ("handled_reason", "handled_note", "handled_by", "handled_at", "version"):
+        for name in ("handled_reason", "handled_note", "handled_by", "handled_at"):
             setattr(self, name, getattr(current, name))
         return change
 
@@ -222,3 +211,25 @@ class HandledChange(models.Model):
     @property
     def to_label(self) -> str:
         return self._label(self.to_reason)
+
+
+class QueueListing(models.Model):
+    """When the dashboard last asked EnergyCAP for a period's bill imports, and when such a
+    listing last finished: one row per period (in days), shared by every process, so each
+    page view can say whether the queue is complete and how fresh it is."""
+
+    days = models.PositiveSmallIntegerField(unique=True)
+    asked_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Why the last listing did not finish, until one does.
+    error = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"Listing of the last {self.days} days"
+
+    @staticmethod
+    def record(days: int, **fields: Any) -> None:
+        """Set these fields on the period's row, made first if missing (race-free: two
+        processes may both insert, one insert wins, both updates land)."""
+        QueueListing.objects.bulk_create([QueueListing(days=days)], ignore_conflicts=True)
+        QueueListing.objects.filter(days=days).update(**fields)

@@ -19,7 +19,6 @@ from functools import partial
 
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 from django_tasks import task
 
@@ -28,7 +27,7 @@ from .causes import cause_key
 from .energycap import Answer, EnergyCapError
 from .overview_models import ImportCause, import_causes
 from .payloads import KickoutGrid, KickoutSummary, Task
-from .queue_models import HandledReason, ImportSnapshot, KickoutRow, SnapshotState
+from .queue_models import HandledReason, ImportSnapshot, KickoutRow, QueueListing, SnapshotState
 
 logger = logging.getLogger(__name__)
 
@@ -144,12 +143,10 @@ def store(fetched: Fetched) -> ImportSnapshot | None:
         snapshot.state = SnapshotState.FAILED
         snapshot.fetch_error = fetched.error[:2000]
         snapshot.fetched_at = now
-        snapshot.version += 1
-        snapshot.save(update_fields=["state", "fetch_error", "fetched_at", "version"])
+        snapshot.save(update_fields=["state", "fetch_error", "fetched_at"])
         return snapshot
     grid = fetched.grid
     objects = _rows(snapshot, fetched)
-    lines = csv_lines(snapshot.task_id, list(grid.columns), objects)
     try:
         with transaction.atomic():
             # The row lock makes a second worker storing the same import wait, then see READY.
@@ -161,18 +158,14 @@ def store(fetched: Fetched) -> ImportSnapshot | None:
             ImportCause.objects.filter(snapshot=snapshot).delete()
             ImportCause.objects.bulk_create(import_causes(snapshot, (r.message for r in objects)))
             locked.columns = list(grid.columns)
-            locked.csv_lines = lines
             locked.file_name = (fetched.summary.file_name or locked.file_name)[:500]
             locked.row_count = len(objects)
             locked.state = SnapshotState.READY
             locked.fetch_error = ""
             locked.fetched_at = now
-            locked.version += 1
             locked.save(
                 update_fields=[
-                    "version",
                     "columns",
-                    "csv_lines",
                     "file_name",
                     "row_count",
                     "state",
@@ -233,11 +226,6 @@ def csv_cells(task_id: int | None, columns: list[str], cells: dict) -> list[str]
     return [str(task_id or ""), *(spreadsheet.guard(get(column)) for column in columns)]
 
 
-def csv_lines(task_id: int | None, columns: list[str], rows: Iterable[KickoutRow]) -> str:
-    """An import's rows as CSV lines, in their grid's order."""
-    return "".join(spreadsheet.lines(csv_cells(task_id, columns, row.cells) for row in rows))
-
-
 def _store_new(task: Task, fetched: Fetched) -> ImportSnapshot | None:
     """An import seen for the first time, stored ready in one transaction (two INSERTs);
     None when another process registered it meanwhile (then `store` takes over)."""
@@ -247,11 +235,9 @@ def _store_new(task: Task, fetched: Fetched) -> ImportSnapshot | None:
         file_name=(fetched.summary.file_name or "")[:500],
         state=SnapshotState.READY,
         fetched_at=timezone.now(),
-        version=1,
     )
     rows = _rows(snapshot, fetched)
     snapshot.row_count = len(rows)
-    snapshot.csv_lines = csv_lines(snapshot.task_id, snapshot.columns, rows)
     try:
         with transaction.atomic():
             snapshot.save(force_insert=True)
@@ -317,6 +303,14 @@ def list_period(days: int, full_name: str = "") -> list[Task]:
         page_number += 1
 
 
+def listing_asked(days: int) -> datetime:
+    """A listing of the period was just asked of the worker: until it finishes, the queue's
+    pages say their totals may grow. Returns when it was asked."""
+    now = timezone.now()
+    QueueListing.record(days, asked_at=now)
+    return now
+
+
 def take_snapshots(guids: Iterable[str], *, max_in_flight: int = MAX_IN_FLIGHT) -> int:
     """Fetch and store the given imports' kickouts, at most `max_in_flight` imports at once.
 
@@ -362,7 +356,6 @@ def _store_apart(fetched: Fetched) -> ImportSnapshot | None:
             state=SnapshotState.FAILED,
             fetch_error=STORE_FAILED.format(error=type(exc).__name__),
             fetched_at=timezone.now(),
-            version=F("version") + 1,
         )
         return None
 
@@ -371,9 +364,18 @@ def snapshot_period(days: int, full_name: str = "") -> tuple[int, int]:
     """List the period's imports, register the new ones with kickouts, and fetch every one
     still loading or whose last fetch failed.
 
-    Returns (new imports registered, snapshots stored).
+    Returns (new imports registered, snapshots stored). The period's record
+    (`QueueListing`, not for one user's listing) says when its list last came in, or why not.
     """
-    registered = len(register(list_period(days, full_name)))
+    try:
+        listed = list_period(days, full_name)
+    except EnergyCapError as exc:
+        if not full_name:
+            QueueListing.record(days, error=exc.message[:2000])
+        raise
+    registered = len(register(listed))
+    if not full_name:
+        QueueListing.record(days, finished_at=timezone.now(), error="")
     loading = ImportSnapshot.objects.exclude(state=SnapshotState.READY).values_list(
         "task_guid", flat=True
     )

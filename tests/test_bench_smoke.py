@@ -13,6 +13,7 @@ from django.urls import reverse
 
 from bench import data, phases
 from bench.web import HX, signed_in, submit
+from kickouts.bulk_models import BulkLine, BulkRetry
 from kickouts.models import RetryAttempt
 
 from .conftest import PASSWORD
@@ -35,10 +36,14 @@ def test_the_bench_reviews_and_sends_a_retry_through_the_served_forms(live_serve
 
 @pytest.mark.django_db(transaction=True)
 def test_generated_retries_load_and_every_bench_filter_is_one_the_pages_accept():
-    """The bulk loader fills today's retry table; each history and admin query is valid."""
+    """The bulk loader fills today's retry and bulk tables; each history and admin query is
+    valid, and the bulks list and the bulk filter find the generated bulks."""
     users = data.ensure_people()
     data.load(data.generate(300, [users[name] for name in data.CLERKS]), say=lambda text: None)
     assert RetryAttempt.objects.count() == 300
+    data.load_bulks(300)
+    assert BulkRetry.objects.count() == 2 and BulkLine.objects.count() == 20
+    assert RetryAttempt.objects.filter(bulk=2).count() == 10
     supervisor, admin = Client(), Client()
     supervisor.force_login(get_user_model().objects.get(username=data.SUPERVISORS[0]))
     admin.force_login(get_user_model().objects.get(username=data.ADMIN))
@@ -47,3 +52,7 @@ def test_generated_retries_load_and_every_bench_filter_is_one_the_pages_accept()
         assert page.status_code == 200 and b"errorlist" not in page.content, name
         changelist = admin.get(reverse("admin:kickouts_retryattempt_changelist"), theirs)
         assert changelist.status_code == 200, name
+    bulks = supervisor.get(reverse("bulk_list"))
+    assert bulks.status_code == 200 and reverse("bulk_detail", args=[2]) in bulks.content.decode()
+    in_bulk = supervisor.get(reverse("history"), {"bulk": 2}).content.decode()
+    assert in_bulk.count('<div class="muted small">Retry #') == 10

@@ -324,8 +324,7 @@ def test_someone_newer_than_the_cached_people_list_can_still_be_chosen(
 
 
 def test_the_filter_fields_show_each_requests_own_values(supervisor_client, clerk, other_clerk):
-    """The fields' HTML is kept per filters and choices: a choice made in one request shows
-    there, and not in the next one without it."""
+    """A choice made in one request shows there, and not in the next one without it."""
     retry(clerk)
     retry(other_clerk)
     selected = f'<option value="{other_clerk.pk}" selected>'

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
-import re
+import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -14,10 +16,12 @@ from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
-from kickouts import snapshots
-from kickouts.energycap import EnergyCap
+from kickouts import migrations, snapshots
+from kickouts.energycap import EnergyCap, EnergyCapError
 from kickouts.models import HandledChange, ImportSnapshot, SnapshotState
+from kickouts.queue_models import QueueListing
 from kickouts.sandbox.state import API_USER_KICKOUT_TASK_GUID, DETAIL_COLUMNS
 
 from .retry_helpers import post_retry
@@ -25,7 +29,7 @@ from .retry_helpers import post_retry
 QUINN = "Quinn Queue"  # a user of their own, so the seed's random imports stay out of the way
 ACCOUNT = "Account not found"
 METER = "Meter not found for account"
-UNKNOWN = "Total cost does not equal line item sum"
+UNKNOWN = "Site code is not recognised"  # no cause in kickouts/causes.py matches it
 
 
 def ago(**delta) -> str:
@@ -86,6 +90,28 @@ def test_each_group_says_what_to_do_and_an_unknown_message_has_no_advice_yet(
     assert UNKNOWN in page
 
 
+def test_the_groups_are_grouped_once_per_set_of_listed_imports(clerk, clerk_client, quinns_imports):
+    """A second view of the same imports reads the groups it grouped before; handling an
+    import makes another set, grouped afresh, and the page shows it at once."""
+
+    def view() -> tuple[dict[str, dict], int]:
+        with CaptureQueriesContext(connection) as queries:
+            response = clerk_client.get(reverse("queue"), {"user": QUINN})
+        grouping = [q for q in queries.captured_queries if "GROUP BY" in q["sql"].upper()]
+        return groups_of(response), len(grouping)
+
+    first, grouped = view()
+    assert (first[ACCOUNT]["rows"], grouped) == (7, 1)
+    again, grouped = view()
+    assert (again, grouped) == (first, 0)
+    ImportSnapshot.objects.get(task_guid=quinns_imports[0]["taskGUId"]).mark_handled(
+        user=clerk, reason="corrected_file", note=""
+    )
+    after, grouped = view()
+    assert (after[ACCOUNT]["rows"], after[ACCOUNT]["imports"], grouped) == (3, 2, 1)
+    assert METER in after and after[METER]["imports"] == 1
+
+
 def test_the_period_filter_leaves_older_imports_out(clerk_client, quinns_imports):
     """Seven days: only the two newer imports count."""
     response = clerk_client.get(reverse("queue"), {"user": QUINN, "period": "7"})
@@ -123,13 +149,14 @@ def test_the_page_shows_how_many_imports_are_still_loading(clerk_client, sandbox
 
 
 def test_the_polled_progress_reloads_the_page_once_everything_is_in(clerk_client, sandbox, db):
-    """While imports load, htmx gets the progress fragment; when none is left, a refresh."""
+    """While imports load, htmx gets the progress fragment; when the period is listed and no
+    import is left loading, a refresh."""
     snapshots.register(snapshots.list_period(30))
     poll = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "queue-progress"}
     loading = clerk_client.get(reverse("queue"), **poll)
     assert loading.content.decode().lstrip().startswith('<div id="queue-progress"')
     assert "Still loading" in loading.content.decode()
-    snapshots.take_snapshots(ImportSnapshot.objects.values_list("task_guid", flat=True))
+    snapshots.snapshot_period(30)  # the worker: the period's list, then every import's rows
     done = clerk_client.get(reverse("queue"), **poll)
     assert done["HX-Refresh"] == "true"
 
@@ -196,6 +223,139 @@ def test_a_failed_fetch_is_counted_and_tried_again_on_the_next_pass(clerk_client
     assert (snapshot.state, snapshot.row_count) == (SnapshotState.READY, 2)
 
 
+# -- how complete the totals are, and how fresh --
+
+
+def page_text(client, name: str, **query) -> str:
+    response = client.get(reverse(name), query)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_every_view_says_the_totals_may_grow_while_the_period_is_listed(
+    clerk_client, quinns_imports
+):
+    """Quinn's imports are already stored (the task list saw them); while the worker lists the
+    period, every view of the queue and of a group says so, not only the first."""
+    for _ in range(3):
+        queue = page_text(clerk_client, "queue", user=QUINN)
+        assert "Asking EnergyCAP for the bill imports of the last 30 days" in queue
+        assert "these totals may grow" in queue and 'hx-trigger="every 2s"' in queue
+    group = page_text(clerk_client, "queue_group", user=QUINN, message=ACCOUNT)
+    assert "these totals may grow" in group and "7 rows in 3 imports" in group
+    assert 'hx-trigger="every 2s"' in group
+    assert "Not yet refreshed from EnergyCAP" in group
+
+
+def test_once_the_period_is_listed_each_page_says_when(clerk_client, quinns_imports):
+    """The worker's listing ends the notice; the queue and its groups say when it finished, as
+    do shorter periods (a 30-day list holds the 7 days), not longer ones."""
+    clerk_client.get(reverse("queue"))
+    snapshots.snapshot_period(30)  # what the worker does
+    finished = QueueListing.objects.get(days=30).finished_at.astimezone(UTC)
+    stamp = f'<time datetime="{finished:%Y-%m-%dT%H:%M:%SZ}"'
+    for name, query in [
+        ("queue", {"user": QUINN}),
+        ("queue_group", {"user": QUINN, "message": ACCOUNT}),
+        ("queue", {"user": QUINN, "period": "7"}),
+    ]:
+        page = page_text(clerk_client, name, **query)
+        assert "Asking EnergyCAP" not in page and "these totals may grow" not in page, query
+        assert f"Queue last refreshed from EnergyCAP: {stamp}" in page, query
+    longer = page_text(clerk_client, "queue", user=QUINN, period="90")
+    assert "Not yet refreshed from EnergyCAP" in longer
+
+
+def test_a_group_says_how_many_imports_are_still_loading(clerk_client, sandbox, db):
+    """Imports known but not yet fetched are counted on a group's page too, N of M, and the
+    notice polls."""
+    snapshots.register(snapshots.list_period(30))
+    total = ImportSnapshot.objects.count()
+    first = ImportSnapshot.objects.order_by("-begin_date").first()
+    snapshots.take_snapshots([first.task_guid])
+    message = first.rows.values_list("message", flat=True).first()
+    page = page_text(clerk_client, "queue_group", message=message)
+    assert f"Still loading the kickouts of {total - 1} of {total} imports" in page
+    assert 'hx-trigger="every 2s"' in page
+
+
+def test_a_groups_polled_notice_reloads_the_page_once_the_listing_is_in(
+    clerk_client, quinns_imports
+):
+    """The group's notice polls its own address; when the listing is in, htmx reloads."""
+    poll = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "queue-progress"}
+    query = {"user": QUINN, "message": ACCOUNT}
+    waiting = clerk_client.get(reverse("queue_group"), query, **poll).content.decode()
+    assert waiting.lstrip().startswith('<div id="queue-progress"')
+    assert "these totals may grow" in waiting and "<html" not in waiting
+    snapshots.snapshot_period(30)
+    done = clerk_client.get(reverse("queue_group"), query, **poll)
+    assert done["HX-Refresh"] == "true"
+
+
+def test_a_listing_long_unanswered_says_the_worker_may_be_down_and_stops_polling(clerk_client, db):
+    """Ten minutes after the ask, with no worker to answer, the page says so on every load
+    and no longer polls for it."""
+    clerk_client.get(reverse("queue"))
+    QueueListing.objects.filter(days=30).update(asked_at=timezone.now() - timedelta(minutes=10))
+    for _ in range(2):
+        page = page_text(clerk_client, "queue")
+        assert "has not come in yet" in page and "Is the background worker running?" in page
+        assert 'hx-trigger="every 2s"' not in page
+
+
+def test_a_listing_that_failed_says_why(clerk_client, sandbox, db):
+    """EnergyCAP refused the listing: the page says the last try failed, and why."""
+    clerk_client.get(reverse("queue"))
+    sandbox.fault("task_list", *[{"status": 401}] * 3)
+    with pytest.raises(EnergyCapError):
+        snapshots.snapshot_period(30)
+    page = page_text(clerk_client, "queue")
+    assert "The last try failed:" in page
+    assert QueueListing.objects.get(days=30).error in page
+
+
+@pytest.mark.postgres
+def test_processes_recording_one_listing_at_once_keep_one_record(transactional_db):
+    """Eight threads, each its own database connection, record the same period at the same
+    moment: no error, one row."""
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent inserts are PostgreSQL's; `make test` runs this on PostgreSQL")
+    barrier, errors = threading.Barrier(8), []
+
+    def record() -> None:
+        try:
+            barrier.wait()
+            QueueListing.record(30, asked_at=timezone.now())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=record) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert QueueListing.objects.filter(days=30).count() == 1
+
+
+def test_retry_selected_warns_before_the_review_when_the_fix_is_a_corrected_file(
+    clerk_client, quinns_imports
+):
+    """A meter that cannot be resolved is fixed in the file: beside "Retry selected", before
+    any review, Carla reads that the same rows will be kicked out again. An account alias is
+    fixed in EnergyCAP: no warning there."""
+    meter = page_text(clerk_client, "queue_group", user=QUINN, message=METER)
+    assert "Retrying re-imports the same files, unchanged:" in meter
+    assert "will be kicked out again" in meter
+    assert "give the meter code or serial number in the file" in meter
+    assert 'aria-describedby="retry-same-file"' in meter
+    account = page_text(clerk_client, "queue_group", user=QUINN, message=ACCOUNT)
+    assert "Retry selected" in account and "Retrying re-imports the same files" not in account
+
+
 # -- the group page --
 
 
@@ -227,41 +387,44 @@ def test_a_group_pages_its_imports(clerk_client, sandbox, db):
     assert "30 rows in 30 imports" in first.content.decode()
 
 
-def test_a_group_counts_its_rows_and_imports_once_whatever_the_pages(clerk_client, quinns_imports):
-    """The counts come with the queue's groups (one grouping query for every message); the
-    pagers reuse them."""
+def test_a_group_counts_its_rows_and_imports_once_for_both_pagers(clerk_client, quinns_imports):
+    """One query counts the group's rows and imports; the rows' and the imports' pagers reuse
+    it (no COUNT of their own)."""
     with CaptureQueriesContext(connection) as queries:
         response = clerk_client.get(reverse("queue_group"), {"user": QUINN, "message": ACCOUNT})
     assert "7 rows in 3 imports" in response.content.decode()
     assert response.context["imports"].paginator.num_pages == 1
     assert len(response.context["imports"]) == 3
-    grouping = [q["sql"] for q in queries.captured_queries if "GROUP BY" in q["sql"].upper()]
-    assert len(grouping) == 1
+    counting = [q["sql"] for q in queries.captured_queries if "kickouts_kickoutrow" in q["sql"]]
+    counting = [sql for sql in counting if "COUNT(" in sql.upper() and "EXISTS" not in sql]
+    assert len(counting) == 1
 
 
-def without_csrf_tokens(page: str) -> str:
-    """A page with its CSRF tokens blanked: Django masks the token anew on every response."""
-    return re.sub(r'(csrfmiddlewaretoken" value="|X-CSRFToken": ")[^"]+', r"\1", page)
-
-
-def test_a_group_seen_again_reads_no_row_until_its_imports_change(
-    clerk, clerk_client, quinns_imports
-):
-    """Stored rows never change: the second view of a group is served from its cached
-    fragments (no query reads a kickout row); marking an import handled changes the listed
-    imports, and the next view shows it gone."""
+def test_a_group_shows_each_change_of_its_imports_at_once(clerk, clerk_client, quinns_imports):
+    """Marking an import handled takes it out of the group's counts, imports and rows on the
+    very next view."""
     query = {"user": QUINN, "message": ACCOUNT}
-    first = clerk_client.get(reverse("queue_group"), query).content.decode()
-    with CaptureQueriesContext(connection) as queries:
-        again = clerk_client.get(reverse("queue_group"), query).content.decode()
-    assert without_csrf_tokens(again) == without_csrf_tokens(first)
-    assert not [q for q in queries.captured_queries if "kickouts_kickoutrow" in q["sql"]]
+    before = clerk_client.get(reverse("queue_group"), query).content.decode()
+    assert "7 rows in 3 imports" in before
     ImportSnapshot.objects.get(task_guid=quinns_imports[0]["taskGUId"]).mark_handled(
         user=clerk, reason="corrected_file", note=""
     )
     after = clerk_client.get(reverse("queue_group"), query).content.decode()
     assert "3 rows in 2 imports" in after
     assert quinns_imports[0]["taskGUId"] not in after and quinns_imports[1]["taskGUId"] in after
+
+
+def test_a_group_shows_each_user_only_their_own_buttons(
+    clerk_client, outsider_client, quinns_imports
+):
+    """Carla may mark and retry; Nora, who has no role, looking at the same group right
+    after, gets neither the checkboxes nor the buttons."""
+    query = {"user": QUINN, "message": METER}
+    carlas = clerk_client.get(reverse("queue_group"), query).content.decode()
+    assert "Mark handled" in carlas and "Retry selected" in carlas and 'name="task"' in carlas
+    noras = outsider_client.get(reverse("queue_group"), query).content.decode()
+    assert "Mark handled" not in noras and "Retry selected" not in noras
+    assert 'name="task"' not in noras and "Retry form" not in noras
 
 
 def test_a_group_pages_its_rows(clerk_client, sandbox, db):
@@ -447,8 +610,8 @@ def test_a_group_csv_has_only_that_groups_rows(clerk_client, quinns_imports):
 
 
 def test_the_whole_queue_csv_holds_exactly_the_rows_of_its_groups(clerk_client, quinns_imports):
-    """The whole queue streams the lines stored with each import; a group renders its rows
-    one by one: both give the same lines, newest import first."""
+    """The whole queue's download and its groups' downloads, streamed from the stored cells,
+    give the same lines, newest import first."""
     _, whole = read_csv(clerk_client.get(reverse("queue_csv"), {"user": QUINN}))
     by_group = []
     for message in (ACCOUNT, METER, UNKNOWN):
@@ -480,21 +643,38 @@ def test_imports_with_different_grids_share_one_csv_with_every_column(clerk_clie
     assert sites.count("'=North plant") == 1 and sites.count("") == 13
 
 
-def test_the_migration_writes_the_csv_lines_of_imports_stored_before_it(transactional_db, sandbox):
-    """0010 gives imports stored before it the same lines a new snapshot is stored with."""
+QUEUE_MIGRATIONS = ["0010_snapshot_csv_lines", "0015_drop_queue_caches"]
+
+
+@pytest.mark.parametrize("name", QUEUE_MIGRATIONS)
+def test_the_queue_migrations_import_no_app_code(name):
+    """A migration runs as written, long after the app's modules changed: it imports Django
+    only."""
+    path = Path(migrations.__file__).with_name(f"{name}.py")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert imported and all(module.split(".")[0] == "django" for module in imported), imported
+
+
+def test_imports_stored_before_the_caches_went_keep_their_rows(transactional_db, sandbox):
+    """Migrating across 0010 and 0015 keeps every stored import and its rows, and the
+    columns of the old caches are gone."""
     from django.db.migrations.executor import MigrationExecutor
 
     created = add_import(sandbox, [ACCOUNT, '=cmd|" /C calc"!A0'], 2)
     snapshots.snapshot_period(30, QUINN)
-    stored = ImportSnapshot.objects.get(task_guid=created["taskGUId"]).csv_lines
-    assert stored.count("\r\n") == 4 and "'=cmd" in stored
     executor = MigrationExecutor(connection)
     executor.migrate([("kickouts", "0009_before_after")])
     executor.loader.build_graph()
-    executor.migrate([("kickouts", "0010_snapshot_csv_lines")])
-    executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())
-    assert ImportSnapshot.objects.get(task_guid=created["taskGUId"]).csv_lines == stored
+    snapshot = ImportSnapshot.objects.get(task_guid=created["taskGUId"])
+    assert snapshot.rows.count() == 4 and snapshot.state == SnapshotState.READY
+    with connection.cursor() as cursor:
+        described = connection.introspection.get_table_description(
+            cursor, "kickouts_importsnapshot"
+        )
+    assert not {"csv_lines", "version"} & {column.name for column in described}
 
 
 # -- the worker --
@@ -522,6 +702,8 @@ def test_the_worker_lists_the_period_itself_and_fills_the_queue(
     after = clerk_client.get(reverse("queue"))
     assert sum(g["imports"] for g in after.context["groups"]) >= len(expected)
     assert "Still loading" not in after.content.decode()
+    assert "Asking EnergyCAP" not in after.content.decode()
+    assert "Queue last refreshed from EnergyCAP: <time" in after.content.decode()
 
 
 def test_the_queue_asks_for_a_listing_at_most_once_in_five_minutes(

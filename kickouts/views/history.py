@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from functools import wraps
+from typing import Any
 
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
@@ -15,9 +16,9 @@ from django_htmx.http import push_url
 
 from .. import spreadsheet
 from ..decorators import login_required, permission_required
-from ..history_filters import HistoryFilterForm, filter_retries, newest_first_page
+from ..history_filters import HistoryFilter, newest_first_page
 from ..models import RetryAttempt
-from .tasks import HtmxHttpRequest
+from .common import HtmxHttpRequest
 
 # Only what a row shows: the payload and messages stay in the database.
 PAGE_COLUMNS = (
@@ -78,13 +79,16 @@ CSV_COLUMNS = (
 CSV_CHUNK_ROWS = 2000
 
 
-def history_permission(view):
+View = Callable[..., HttpResponseBase]
+
+
+def history_permission(view: View) -> View:
     """Supervisors see every retry; anyone else needs AP staff's permission, and is refused
     (403, logged by `permission_required`) without it."""
-    as_ap_staff = permission_required("kickouts.submit_retry")(view)
+    as_ap_staff: View = permission_required("kickouts.submit_retry")(view)
 
     @wraps(view)
-    def wrapper(request, *args, **kwargs):
+    def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if request.user.has_perm("kickouts.view_all_retries"):
             return view(request, *args, **kwargs)
         return as_ap_staff(request, *args, **kwargs)
@@ -96,14 +100,14 @@ def history_permission(view):
 @login_required
 @history_permission
 def history(request: HtmxHttpRequest) -> HttpResponse:
-    form = HistoryFilterForm(request.GET, user=request.user)
+    filters = _filters(request)
+    form = filters.form
     context = {"form": form, "page": None}
-    if form.is_valid():
+    if filters.is_valid():
         path = reverse("history")
         before, after = form.cleaned_data["before"], form.cleaned_data["after"]
-        retries = filter_retries(RetryAttempt.objects.visible_to(request.user), form.cleaned_data)
         page = newest_first_page(
-            retries.select_related(
+            filters.qs.select_related(
                 "requested_by", "reconciled_by", "follow_up", "comparison", "corrected_file"
             ).only(*PAGE_COLUMNS),
             before=before,
@@ -133,19 +137,17 @@ def history(request: HtmxHttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 @history_permission
-def history_csv(request: HtmxHttpRequest) -> HttpResponse:
-    form = HistoryFilterForm(request.GET, user=request.user)
-    if not form.is_valid():
+def history_csv(request: HtmxHttpRequest) -> HttpResponseBase:
+    filters = _filters(request)
+    if not filters.is_valid():
         return HttpResponse(
-            "These filters could not be used:\n" + form.errors.as_text(),
+            "These filters could not be used:\n" + filters.errors.as_text(),
             status=400,
             content_type="text/plain; charset=utf-8",
         )
     # Tuples, not model instances: no model is built for each of a million rows.
-    rows = (
-        filter_retries(RetryAttempt.objects.visible_to(request.user), form.cleaned_data)
-        .order_by("-requested_at", "-id")
-        .values_list(*(value for _, value in CSV_COLUMNS))
+    rows = filters.qs.order_by("-requested_at", "-id").values_list(
+        *(value for _, value in CSV_COLUMNS)
     )
     response = StreamingHttpResponse(
         csv_pieces(rows.iterator(chunk_size=CSV_CHUNK_ROWS)),
@@ -156,17 +158,23 @@ def history_csv(request: HtmxHttpRequest) -> HttpResponse:
     return response
 
 
-def csv_pieces(rows: Iterable[tuple]) -> Iterator[str]:
+def _filters(request: HtmxHttpRequest) -> HistoryFilter:
+    """The history's filters, over the retries this user may see."""
+    retries = RetryAttempt.objects.visible_to(request.user)
+    return HistoryFilter(request.GET, queryset=retries, user=request.user)
+
+
+def csv_pieces(rows: Iterable[tuple[Any, ...]]) -> Iterator[str]:
     """The header, then the rows in pieces: memory stays flat however many."""
     header = [header for header, _ in CSV_COLUMNS]
     return spreadsheet.pieces(header, spreadsheet.lines(map(_cells, rows)))
 
 
-def _cells(row: tuple) -> list[str]:
+def _cells(row: tuple[Any, ...]) -> list[str]:
     return [_cell(value) for value in row]
 
 
-def _cell(value) -> str:
+def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
