@@ -183,8 +183,8 @@ def _analyze(postgres: bool) -> None:
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608
                 f"(SELECT COALESCE(MAX(id), 1) FROM {table}))"
             )
-        for model in (*models, Comparison):
-            cursor.execute(f"VACUUM ANALYZE {model._meta.db_table}")
+        for analysed in (*models, Comparison):
+            cursor.execute(f"VACUUM ANALYZE {analysed._meta.db_table}")
 
 
 def clear() -> None:

@@ -5,6 +5,7 @@ and in the requester's email."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
@@ -12,7 +13,7 @@ from django.db.models.functions import Coalesce
 from .bulk_models import BulkRetry, LineState
 
 
-def _counts(prefix: str = "") -> dict:
+def _counts(prefix: str = "") -> dict[str, Any]:
     """Aggregate expressions over a bulk's lines; `prefix` reaches them from the bulk."""
     p = prefix
     sent = Q(**{f"{p}state": LineState.SENT})
@@ -141,7 +142,7 @@ def needs_attention(bulk: BulkRetry) -> list[Attention]:
             if line.state != LineState.WAITING:
                 found.append(Attention(label, f"{line.get_state_display().lower()}: {line.reason}"))
             continue
-        if follow is None or not follow.finished:
+        if retry is None or follow is None or not follow.finished:
             if follow is not None and follow.stopped_reason:
                 found.append(Attention(label, follow.stopped_reason))
             continue

@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from django.core.cache import cache
 
@@ -25,7 +26,7 @@ def _api_user_key(api: energycap.EnergyCap) -> str:
 def api_user(api: energycap.EnergyCap) -> CurrentUser:
     """The key's EnergyCAP user, cached: its identity and permissions rarely change."""
     key = _api_user_key(api)
-    user = cache.get(key)
+    user: CurrentUser | None = cache.get(key)
     if user is None:
         user = api.current_user()
         cache.set(key, user, API_USER_CACHE_SECONDS)
@@ -40,14 +41,14 @@ class ChoiceCalls:
     api: energycap.EnergyCap
     cached_user: CurrentUser | None
 
-    def calls(self) -> list[Callable]:
+    def calls(self) -> list[Callable[[], object]]:
         batches = partial(
             self.api.list_batches,
             filter_clauses=[("batchStatus", "one of", ["Open", "Pending"])],
         )
         return [batches] if self.cached_user is not None else [batches, self.api.current_user]
 
-    def choices(self, answers: Sequence[Answer]) -> BatchChoices:
+    def choices(self, answers: Sequence[Answer[Any]]) -> BatchChoices:
         """The choices from the answers to `calls()`, in their order; raises a call's typed
         error (the user's first)."""
         user = self.cached_user

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -229,7 +230,7 @@ def worth_trying_again(attempt: RetryAttempt) -> bool:
 def _store(
     attempt: RetryAttempt, *, state: str, result: Compared | None = None, error: str = ""
 ) -> str:
-    values = {
+    values: dict[str, Any] = {
         "state": state,
         "compared_at": timezone.now(),
         "error": error[:2000],

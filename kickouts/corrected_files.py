@@ -120,6 +120,7 @@ def keep_upload(user, form: CorrectedFileForm, upload: UploadedFile) -> Correcte
     token): the review shows it, the send reads it back. A new upload for the same form
     replaces the one kept before."""
     checked = form.uploaded
+    assert checked is not None, "kept only once a new upload passed its checks"
     token = form.cleaned_data["form_token"]
     prune_unsent(limit=PRUNED_PER_REVIEW)
     kept = CorrectedFile(
@@ -180,6 +181,7 @@ def submit_corrected_file(*, user, form: CorrectedFileForm, sources: Sequence[So
         for source in sources
     ]
     first = sources[0].snapshot
+    assert first is not None, "a corrected file is sent for stored imports only"
     try:
         attempt = RetryAttempt.start(
             kind=Kind.CORRECTED_FILE,

@@ -27,6 +27,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -143,9 +144,9 @@ def overdue(follow: FollowUp, now: datetime | None = None) -> bool:
 def store_reading(follow: FollowUp, reading: StatusReading) -> bool:
     """Store a reading of the new task (an older one never overwrites a newer one); on the
     first one that shows the end, move the follow-up to reporting. True if it ended now."""
-    if not reading.ok:
-        return False
     task_ = reading.task
+    if task_ is None:
+        return False
     values = {
         "read_at": reading.checked_at,
         "status": task_.status[:100],
@@ -208,24 +209,30 @@ def panel_reading(attempt: RetryAttempt) -> tuple[StatusReading | None, bool]:
 
 @dataclass(frozen=True)
 class Claim:
-    """A row a sweep claimed: a follow-up or a bulk retry's email, and the `due_at` it was
-    moved to, which is the claim."""
+    """A follow-up a sweep claimed, and the `due_at` it was moved to, which is the claim."""
 
+    follow: FollowUp
     lease: datetime
-    follow: FollowUp | None = None
-    bulk: BulkRetry | None = None
 
 
-def claim_due(now: datetime, limit: int = CLAIM_LIMIT) -> list[Claim]:
+@dataclass(frozen=True)
+class EmailClaim:
+    """A bulk retry's email a sweep claimed, and its `email_due_at` lease."""
+
+    bulk: BulkRetry
+    lease: datetime
+
+
+def claim_due(now: datetime, limit: int = CLAIM_LIMIT) -> list[Claim | EmailClaim]:
     """Claim the due follow-ups and bulk emails: each row is moved from the due time it was
     read with to the end of its lease; only the worker whose UPDATE changed the row has it."""
-    claims = []
+    claims: list[Claim | EmailClaim] = []
     due = FollowUp.objects.filter(state__in=SWEPT, due_at__lte=now).order_by("due_at")
     for follow in due[:limit]:
         lease = now + (ask_lease() if follow.is_following else report_lease())
         if FollowUp.objects.filter(pk=follow.pk, due_at=follow.due_at).update(due_at=lease):
             follow.due_at = lease
-            claims.append(Claim(lease, follow=follow))
+            claims.append(Claim(follow, lease))
     emails = BulkRetry.objects.filter(email_due_at__lte=now).order_by("email_due_at")
     for bulk in emails.select_related("requested_by")[:limit]:
         lease = now + report_lease()
@@ -233,7 +240,7 @@ def claim_due(now: datetime, limit: int = CLAIM_LIMIT) -> list[Claim]:
             email_due_at=lease
         ):
             bulk.email_due_at = lease
-            claims.append(Claim(lease, bulk=bulk))
+            claims.append(EmailClaim(bulk, lease))
     return claims
 
 
@@ -263,9 +270,10 @@ def sweep(me: str | None = None) -> str:
     if claims is None:
         return "another sweep is scheduled"
     settled = _settle_stale_submissions()
-    asking = [c for c in claims if c.follow is not None and c.follow.is_following]
-    reporting = [c for c in claims if c.follow is not None and not c.follow.is_following]
-    emails = [c for c in claims if c.bulk is not None]
+    follows = [c for c in claims if isinstance(c, Claim)]
+    asking = [c for c in follows if c.follow.is_following]
+    reporting = [c for c in follows if not c.follow.is_following]
+    emails = [c for c in claims if isinstance(c, EmailClaim)]
     if asking:
         api = energycap.client()
         answers = api.at_once(*(partial(api.get_task, c.follow.task_guid) for c in asking))
@@ -273,8 +281,8 @@ def sweep(me: str | None = None) -> str:
             _record(claim, StatusReading.of(answer))
     for claim in reporting:
         _report(claim)
-    for claim in emails:
-        _bulk_email(claim)
+    for email in emails:
+        _bulk_email(email)
     sweeps.finish(follow_due, next_due())
     return (
         f"asked {len(asking)}, reported {len(reporting)}, bulk emails {len(emails)}, "
@@ -297,7 +305,7 @@ def _record(claim: Claim, reading: StatusReading) -> None:
     """One ask's reading, and the next ask's time (only while this sweep holds the claim)."""
     follow = claim.follow
     now = timezone.now()
-    asked: dict = {"checked_at": reading.checked_at}
+    asked: dict[str, Any] = {"checked_at": reading.checked_at}
     if reading.ok:
         asked.update(succeeded_at=reading.checked_at, failures=0, error="")
     else:
@@ -339,7 +347,7 @@ def _report(claim: Claim) -> None:
             logger.exception("Retry #%s: the kickouts could not be compared", attempt.pk)
             compared = CompareState.ERROR
     now = timezone.now()
-    values: dict = {}
+    values: dict[str, Any] = {}
     again = compared == CompareState.ERROR and compare.worth_trying_again(attempt)
     if attempt.bulk_id is not None:
         # One email for the whole bulk, looked at now that this import ended.
@@ -384,7 +392,7 @@ def bulk_email_due(bulk_id: int) -> None:
             sweeps.wake(follow_due, now)
 
 
-def _bulk_email(claim: Claim) -> None:
+def _bulk_email(claim: EmailClaim) -> None:
     """The bulk's one email, once it sends no more and none of its new imports is followed
     any more; until then the claim is dropped (the next end makes it due again)."""
     bulk = claim.bulk

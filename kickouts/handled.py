@@ -4,6 +4,7 @@ panel with the state and its history. The record is `ImportSnapshot` (kickouts/q
 from __future__ import annotations
 
 from django import forms
+from django.http import HttpRequest
 
 from .queue_models import HandledReason, ImportSnapshot
 
@@ -17,7 +18,7 @@ class HandledForm(forms.Form):
     )
 
 
-def panel_context(request, guid: str) -> dict:
+def panel_context(request: HttpRequest, guid: str) -> dict[str, object]:
     """The task page's handled panel: state, the form or reopen, and the history."""
     snapshot = (
         ImportSnapshot.objects.filter(task_guid=guid.lower()).select_related("handled_by").first()

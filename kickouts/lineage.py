@@ -47,6 +47,7 @@ def for_task(guid: str) -> Lineage:
     # Three queries per generation (the retries, their other sources), not per retry.
     frontier = [guid]
     listed: set[int] = set()
+    parents: dict[int, str] = {}  # each retry: the task it hangs under in the chain
     for depth in range(MAX_DEPTH):
         children = [
             retry
@@ -62,7 +63,7 @@ def for_task(guid: str) -> Lineage:
         for retry in children:
             listed.add(retry.pk)
             # Its place in the chain: under the first of its sources in this generation.
-            retry.chain_parent = next(
+            parents[retry.pk] = next(
                 (g for g in retry.source_guids if g in frontier), retry.source_task_guid
             )
             result.descendants.append((depth, retry))
@@ -72,15 +73,18 @@ def for_task(guid: str) -> Lineage:
         frontier = next_frontier
         if not frontier:
             break
-    result.descendants = _depth_first(result.descendants)
+    result.descendants = _depth_first(result.descendants, parents)
     return result
 
 
-def _depth_first(flat: list[tuple[int, RetryAttempt]]) -> list[tuple[int, RetryAttempt]]:
-    """Order generations so each retry is followed by the retries of its new task."""
+def _depth_first(
+    flat: list[tuple[int, RetryAttempt]], parents: dict[int, str]
+) -> list[tuple[int, RetryAttempt]]:
+    """Order generations so each retry is followed by the retries of its new task (`parents`:
+    the task each retry hangs under)."""
     children: dict[str, list[tuple[int, RetryAttempt]]] = {}
     for depth, retry in flat:
-        children.setdefault(retry.chain_parent, []).append((depth, retry))
+        children.setdefault(parents[retry.pk], []).append((depth, retry))
     roots = [item for item in flat if item[0] == 0]
     ordered: list[tuple[int, RetryAttempt]] = []
 

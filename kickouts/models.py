@@ -35,8 +35,11 @@ class Kind(models.TextChoices):
 
 # How the pages and emails name each kind's import, and the handled reason it gives its
 # sources in the kickout queue.
-KIND_NOUNS = {Kind.REIMPORT: "re-import", Kind.CORRECTED_FILE: "corrected-file import"}
-KIND_REASONS = {
+KIND_NOUNS: dict[str, str] = {
+    Kind.REIMPORT: "re-import",
+    Kind.CORRECTED_FILE: "corrected-file import",
+}
+KIND_REASONS: dict[str, str] = {
     Kind.REIMPORT: HandledReason.REIMPORTED,
     Kind.CORRECTED_FILE: HandledReason.CORRECTED_FILE,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import smtplib
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -17,6 +18,7 @@ from django.template.loader import render_to_string
 from . import compare
 from .bulk_models import BulkRetry
 from .bulk_summary import needs_attention, summarize
+from .follow_up_models import FollowUp
 from .models import RetryAttempt, UserSettings
 
 
@@ -29,7 +31,7 @@ class Delivery:
     note: str
 
 
-def _counts(follow) -> str:
+def _counts(follow: FollowUp) -> str:
     return " · ".join(
         "–" if count is None else str(count)
         for count in (follow.success_count, follow.analyzing_count, follow.flag_count)
@@ -39,6 +41,7 @@ def _counts(follow) -> str:
 def retry_ended_email(attempt: RetryAttempt) -> tuple[str, str]:
     """The subject and text body telling the requester how the new import ended."""
     follow = attempt.follow
+    assert follow is not None, "an ended retry has its follow-up"
     comparison = attempt.compared
     context = {
         "attempt": attempt,
@@ -67,7 +70,7 @@ def bulk_ended_email(bulk: BulkRetry) -> tuple[str, str]:
     return " ".join(subject.split()), body
 
 
-def deliver(user, subject: str, body: str) -> Delivery:
+def deliver(user: Any, subject: str, body: str) -> Delivery:
     """Send one email to `user`, unless they have no address or turned these emails off."""
     if not user.email:
         return Delivery(False, False, "Not emailed: the requester has no email address.")

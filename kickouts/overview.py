@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from typing import cast
 
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
@@ -56,6 +57,7 @@ from .models import (
     SnapshotState,
 )
 from .overview_models import comparison_causes, import_causes
+from .queue_models import ImportSnapshotQuerySet
 
 # The overview's periods, in days: the last 30, 90 or 365, today included.
 PERIODS = {"30": 30, "90": 90, "365": 365}
@@ -180,7 +182,7 @@ class OverviewFilter:
             monday += timedelta(7)
         return weeks
 
-    def imports(self) -> QuerySet[ImportSnapshot]:
+    def imports(self) -> ImportSnapshotQuerySet:
         """The stored imports of the period (the queue's, open and handled)."""
         found = ImportSnapshot.objects.filter(state=SnapshotState.READY, begin_date__gte=self.since)
         return found.filter(user_full_name=self.user) if self.user else found
@@ -554,7 +556,8 @@ def cached_overview(chosen: OverviewFilter, viewer) -> Overview:
     scope = "all" if viewer.has_perm("kickouts.view_all_retries") else f"user-{viewer.pk}"
     user = hashlib.sha256(chosen.user.encode()).hexdigest()[:16]
     key = f"overview:{chosen.period}:{chosen.today.isoformat()}:{user}:{scope}"
-    return cache.get_or_set(key, lambda: overview(chosen, viewer), CACHE_SECONDS)
+    figures = cache.get_or_set(key, lambda: overview(chosen, viewer), CACHE_SECONDS)
+    return cast(Overview, figures)
 
 
 # -- the weekly summary's figures --------------------------------------------------------

@@ -4,10 +4,13 @@ those values, never a bag of answers by name."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from django.db.models import Count
+from django.http import QueryDict
 
 from . import choices, energycap, snapshots
 from .energycap import Answer, EnergyCapError
@@ -37,13 +40,22 @@ class TaskPageData:
     choices: BatchChoices | EnergyCapError | None  # None: not asked for (no retry form)
     earlier_retry: RetryAttempt | None = None
 
-    def retry_form(self, data=None, *, user, initial=None, choices=None) -> RetryForm:
+    def retry_form(
+        self,
+        data: QueryDict | None = None,
+        *,
+        user: Any,
+        initial: dict[str, Any] | None = None,
+        choices: BatchChoices | None = None,
+    ) -> RetryForm:
         """The retry form for this task: its rules checked against the loaded choices (or
         `choices`, when EnergyCAP could not give them) and the earlier retry."""
+        offered = choices or self.choices
+        assert isinstance(offered, BatchChoices), "a retry form needs the batch choices"
         return RetryForm(
             data,
             initial=initial,
-            choices=choices or self.choices,
+            choices=offered,
             earlier_retry=self.earlier_retry,
             may_repeat=user.has_perm("kickouts.confirm_duplicate_retry"),
         )
@@ -59,7 +71,7 @@ def load_task_page(
     stored = snapshots.stored(guid) if with_kickouts else None
     ask_kickouts = with_kickouts and stored is None
     needed = choices.choice_calls(api) if with_choices else None
-    calls = [partial(api.get_task, guid)]
+    calls: list[Callable[[], object]] = [partial(api.get_task, guid)]
     if ask_kickouts:
         calls += [partial(api.kickout_summary, guid), partial(api.kickout_detail, guid)]
     if needed is not None:
@@ -79,7 +91,13 @@ def load_task_page(
     )
 
 
-def _kickouts(api, task: Task, stored, answered, message: str) -> Kickouts | EnergyCapError:
+def _kickouts(
+    api: energycap.EnergyCap,
+    task: Task,
+    stored: ImportSnapshot | None,
+    answered: snapshots.Answered | None,
+    message: str,
+) -> Kickouts | EnergyCapError:
     try:
         if task.can_retry_kickouts:
             # An ended import's kickouts never change: stored once, then read from our tables.
@@ -96,10 +114,14 @@ def _kickouts(api, task: Task, stored, answered, message: str) -> Kickouts | Ene
 
 
 def _choices(
-    needed: choices.ChoiceCalls | None, answers: list[Answer]
+    needed: choices.ChoiceCalls | None, answers: list[Answer[Any]]
 ) -> BatchChoices | EnergyCapError | None:
-    if needed is None:
-        return None
+    return None if needed is None else _offered(needed, answers)
+
+
+def _offered(
+    needed: choices.ChoiceCalls, answers: list[Answer[Any]]
+) -> BatchChoices | EnergyCapError:
     try:
         return needed.choices(answers)
     except EnergyCapError as exc:
@@ -159,7 +181,7 @@ def load_corrected_file_page(guids: list[str]) -> CorrectedFilePageData:
     }
     missing = [guid for guid in guids if guid not in stored]
     needed = choices.choice_calls(api)
-    calls: list = [api.import_profiles, *needed.calls()]
+    calls: list[Callable[[], object]] = [api.import_profiles, *needed.calls()]
     for guid in missing:
         calls += [partial(api.get_task, guid), *snapshots.kickout_calls(api, guid)]
     profiles_answer, *answers = api.at_once(*calls)
@@ -180,12 +202,12 @@ def load_corrected_file_page(guids: list[str]) -> CorrectedFilePageData:
         profiles = exc
     return CorrectedFilePageData(
         sources=[found[guid] for guid in guids],
-        choices=_choices(needed, choice_answers),
+        choices=_offered(needed, choice_answers),
         profiles=profiles,
     )
 
 
-def _new_source(guid: str, task_answer: Answer, answered: snapshots.Answered) -> Source:
+def _new_source(guid: str, task_answer: Answer[Task], answered: snapshots.Answered) -> Source:
     try:
         task = task_answer.get()
         if not task.can_retry_kickouts:

@@ -69,18 +69,18 @@ def read_task_status(guid: str, *, wait_seconds: float | None = None) -> StatusR
     """The task's status, fetched from EnergyCAP at most once per polling interval."""
     interval = settings.STATUS_POLL_SECONDS
     fresh_key, lock_key, last_key = _keys(guid)
-    reading = cache.get(fresh_key)
+    reading: StatusReading | None = cache.get(fresh_key)
     if reading is not None:
         return reading
     # Lock for the whole interval: even if the answer expires early, nobody
     # else fetches again before the interval is over.
     if cache.add(lock_key, 1, timeout=max(1, round(interval))):
         reading = fetch_task_status(guid)
-        finished = reading.ok and not reading.task.is_running
+        finished = reading.task is not None and not reading.task.is_running
         cache.set(fresh_key, reading, FINISHED_SECONDS if finished else interval)
         cache.set(last_key, reading, LAST_KNOWN_SECONDS)
         return reading
-    last = cache.get(last_key)
+    last: StatusReading | None = cache.get(last_key)
     if last is not None:
         return last
     # Someone else is fetching the very first answer: wait for it.

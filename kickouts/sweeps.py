@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import models, transaction
@@ -24,6 +25,10 @@ from django.utils import timezone
 from django_tasks import TaskResultStatus
 from django_tasks.base import Task
 from django_tasks.exceptions import TaskResultDoesNotExist
+
+# A sweep is a task that takes its own context (the id naming it) and answers a summary.
+SweepTask = Task[Any, str]
+Claimed = TypeVar("Claimed")
 
 
 class Sweep(models.Model):
@@ -47,7 +52,7 @@ def _locked(name: str) -> Sweep:
     return Sweep.objects.select_for_update().get(name=name)
 
 
-def _is_lost(task: Task, row: Sweep, now: datetime) -> bool:
+def _is_lost(task: SweepTask, row: Sweep, now: datetime) -> bool:
     """The named sweep is neither waiting in the queue nor due recently."""
     if not row.task_id or row.run_at is None:
         return True
@@ -61,13 +66,13 @@ def _is_lost(task: Task, row: Sweep, now: datetime) -> bool:
     return status != TaskResultStatus.READY
 
 
-def _enqueue(task: Task, row: Sweep, at: datetime) -> None:
+def _enqueue(task: SweepTask, row: Sweep, at: datetime) -> None:
     queued = task.using(run_after=at).enqueue()
     row.task_id, row.run_at = str(queued.id), at
     row.save(update_fields=["task_id", "run_at"])
 
 
-def wake(task: Task, at: datetime | None = None) -> bool:
+def wake(task: SweepTask, at: datetime | None = None) -> bool:
     """Make sure a sweep of `task` runs at `at` (now) or before; True if one was enqueued.
 
     Call it inside the transaction that makes a row due, so the two commit together."""
@@ -75,15 +80,18 @@ def wake(task: Task, at: datetime | None = None) -> bool:
     at = max(at or now, now)
     with transaction.atomic():
         row = _locked(task.name)
-        if not _is_lost(task, row, now) and row.run_at <= at:
+        if row.run_at is not None and not _is_lost(task, row, now) and row.run_at <= at:
             return False
         _enqueue(task, row, at)
         return True
 
 
-def begin(
-    task: Task, me: str | None, claim: Callable[[datetime], list], next_due: Callable
-) -> list | None:
+def begin(  # noqa: UP047 - the TypeVar is shared with the claim functions' callers
+    task: SweepTask,
+    me: str | None,
+    claim: Callable[[datetime], list[Claimed]],
+    next_due: Callable[[datetime], datetime | None],
+) -> list[Claimed] | None:
     """The start of a sweep: unless another sweep is named, claim the due rows and name the
     successor, in one transaction. Returns what `claim(now)` claimed (None when another
     sweep is named: this one ends).
@@ -112,7 +120,7 @@ def begin(
     return claimed
 
 
-def finish(task: Task, next_due: datetime | None) -> None:
+def finish(task: SweepTask, next_due: datetime | None) -> None:
     """The end of a sweep: the next one runs by the earliest due time."""
     if next_due is not None:
         wake(task, next_due)

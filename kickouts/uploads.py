@@ -66,7 +66,7 @@ from datetime import date, datetime, time
 from enum import StrEnum
 from functools import wraps
 from itertools import chain
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import openpyxl
 from django.conf import settings
@@ -257,7 +257,7 @@ def check_file(upload: File, limits: Limits | None = None) -> CheckedFile:
     head = b""
     # Read through the file object: an in-memory upload's chunks() is the whole file at once.
     upload.seek(0)
-    stream = upload.file if getattr(upload, "file", None) is not None else upload
+    stream = _stream_of(upload)
     for chunk in _chunks_of(stream):
         size += len(chunk)
         if size > limits.max_bytes:
@@ -759,6 +759,13 @@ def _short(text: str) -> str:
 # --- the body EnergyCAP receives ----------------------------------------------------------
 
 
+def _stream_of(upload: Any) -> IO[bytes]:
+    """The upload's own file object (read through it: an in-memory upload's chunks() is the
+    whole file at once), or the upload itself when it has none."""
+    inner = getattr(upload, "file", None)
+    return cast("IO[bytes]", inner if inner is not None else upload)
+
+
 def base64_data(upload: File) -> str:
     """The file's bytes in base64 for the body's ``data``, encoded a chunk at a time (chunks
     of a multiple of 3 bytes encode alone) so only the text is held whole, not the bytes too."""
@@ -769,7 +776,7 @@ def base64_and_sha256(upload: File) -> tuple[str, str]:
     """`base64_data` and the sha256 of the same bytes, read once: what is sent is provably
     the file that was reviewed."""
     upload.seek(0)
-    stream = upload.file if getattr(upload, "file", None) is not None else upload
+    stream = _stream_of(upload)
     digest = hashlib.sha256()
     pieces = []
     while chunk := stream.read(3 * CHUNK_BYTES):

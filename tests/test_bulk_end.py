@@ -80,7 +80,13 @@ def test_a_bulk_whose_imports_end_three_ways_says_so_and_emails_once_at_the_last
     assert "Needs your attention:" in body
     assert f"- Import {failed.source_task_id}: the new import failed" in body
     assert f"/bulk/{bulk.pk}/" in body
-    assert bulk.notification == "Emailed to carla@example.com."
+    # Recorded right after the mail server took it.
+    wait_for(
+        lambda: BulkRetry.objects.filter(pk=bulk.pk, notified_at__isnull=False).exists(),
+        "the email's record",
+        [worker],
+    )
+    assert BulkRetry.objects.get(pk=bulk.pk).notification == "Emailed to carla@example.com."
     # The retries of a bulk send no email of their own.
     notes = set(FollowUp.objects.filter(retry__bulk=bulk).values_list("notification", flat=True))
     assert notes == {f"One email for bulk retry #{bulk.pk}."}

@@ -234,9 +234,10 @@ def parse_import_request(body: Any) -> FileImportRequest:
         raise ImportRequestError("profileCode must be a string.")
     profile = ADVANCED_FORMAT
     if code and code.strip():
-        profile = next((p for p in PROFILES if p.code.lower() == code.strip().lower()), None)
-        if profile is None:
+        named = next((p for p in PROFILES if p.code.lower() == code.strip().lower()), None)
+        if named is None:
             raise ImportRequestError(f"Import profile '{code}' was not found.")
+        profile = named
     settings = {key: value for key, value in body.items() if key != "data"}
     settings["dataBytes"] = len(data)
     return FileImportRequest(file_name.strip(), data, profile, kickout_request, settings)

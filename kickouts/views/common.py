@@ -36,12 +36,14 @@ def positive_int(value: str | None, default: int = 1) -> int:
     return max(1, ascii_number(value, maximum=MAX_PAGE_NUMBER) or default)
 
 
-def visible_attempt(request, pk: int, *, with_requester: bool = True) -> RetryAttempt:
+def visible_attempt(request: HttpRequest, pk: int, *, with_requester: bool = True) -> RetryAttempt:
     """The retry, if this user may see it; another clerk's retry is a (logged) 404."""
     # Polled every few seconds: one indexed lookup (with the follow-up, which the panel
     # reads), and the permission check only when it is someone else's.
     related = ["follow_up", "requested_by"] if with_requester else ["follow_up"]
-    attempt = RetryAttempt.objects.select_related(*related).filter(pk=pk).order_by().first()
+    attempt: RetryAttempt | None = (
+        RetryAttempt.objects.select_related(*related).filter(pk=pk).order_by().first()
+    )
     if attempt is None:
         raise Http404("No such retry.")
     if attempt.requested_by_id != request.user.pk and not request.user.has_perm(

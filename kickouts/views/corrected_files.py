@@ -5,7 +5,7 @@ kickouts/corrected_files.py."""
 from __future__ import annotations
 
 from django.db import IntegrityError
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -169,7 +169,7 @@ def _again(request, page) -> RetryAttempt | None:
 
 @require_GET
 @login_required
-def corrected_file_download(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def corrected_file_download(request: HtmxHttpRequest, pk: int) -> HttpResponseBase:
     """Exactly the file that was sent, for its requester and supervisors (a 404 for anyone
     else, logged), under its own name."""
     attempt = visible_attempt(request, pk)

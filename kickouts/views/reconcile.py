@@ -24,10 +24,13 @@ WAITING_SHOWN = 200
 def comparison_context(attempt: RetryAttempt) -> dict:
     """The before and after: the comparison and its rows by message."""
     comparison = attempt.compared
-    compared = comparison is not None and comparison.state == CompareState.COMPARED
     return {
         "comparison": comparison,
-        "compare_groups": compare.by_message(comparison.rows) if compared else [],
+        "compare_groups": (
+            compare.by_message(comparison.rows)
+            if comparison is not None and comparison.state == CompareState.COMPARED
+            else []
+        ),
     }
 
 
