@@ -62,7 +62,11 @@ class RetrySource(models.Model):
                 name="one_import_per_source_sequence",
             ),
         ]
-        indexes = [models.Index(fields=["task_guid"], name="retry_source_task")]
+        indexes = [
+            models.Index(fields=["task_guid"], name="retry_source_task"),
+            # The history's search by an import's number.
+            models.Index(fields=["task_id"], name="retry_source_task_id"),
+        ]
 
     def __str__(self) -> str:
         return f"Import {self.task_id or self.task_guid} (retry #{self.retry_id})"

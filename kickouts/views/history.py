@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
 
+from django.db.models import Value
+from django.db.models.functions import Concat, Trim
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -30,10 +32,12 @@ PAGE_COLUMNS = (
     "requested_by__first_name",
     "requested_by__last_name",
     "source_task_guid",
+    "source_task_id",
     "batch_mode",
     "batch_code",
     "outcome",
     "new_task_guid",
+    "new_task_id",
     "follow_up__status",
     "follow_up__finished",
     "comparison__state",
@@ -51,11 +55,14 @@ CSV_COLUMNS = (
     ("id", "pk"),
     ("requested_at_utc", "requested_at"),
     ("requested_by", "requested_by__username"),
+    ("requested_by_name", "requested_by_name"),
+    ("source_import", "source_task_id"),
     ("source_task_guid", "source_task_guid"),
     ("batch_mode", "batch_mode"),
     ("batch_code", "batch_code"),
     ("outcome", "outcome"),
     ("upstream_status_code", "upstream_status_code"),
+    ("new_import", "new_task_id"),
     ("new_task_guid", "new_task_guid"),
     ("new_task_status", "follow_up__status"),
     ("new_task_end_utc", "follow_up__end_date"),
@@ -146,8 +153,12 @@ def history_csv(request: HtmxHttpRequest) -> HttpResponseBase:
             content_type="text/plain; charset=utf-8",
         )
     # Tuples, not model instances: no model is built for each of a million rows.
-    rows = filters.qs.order_by("-requested_at", "-id").values_list(
-        *(value for _, value in CSV_COLUMNS)
+    # The requester's full name beside the login (the login alone names few people).
+    full_name = Trim(Concat("requested_by__first_name", Value(" "), "requested_by__last_name"))
+    rows = (
+        filters.qs.annotate(requested_by_name=full_name)
+        .order_by("-requested_at", "-id")
+        .values_list(*(value for _, value in CSV_COLUMNS))
     )
     response = StreamingHttpResponse(
         csv_pieces(rows.iterator(chunk_size=CSV_CHUNK_ROWS)),
