@@ -63,6 +63,8 @@ class BulkRetry(models.Model):
     class Meta:
         ordering = ["-requested_at", "-id"]
         indexes = [
+            # The supervisors' list, newest first, a page at a time.
+            models.Index(fields=["-requested_at", "-id"], name="bulk_time"),
             models.Index(fields=["due_at"], condition=Q(state="sending"), name="bulk_due"),
             models.Index(
                 fields=["email_due_at"],

@@ -521,3 +521,24 @@ def test_select_all_on_a_kickout_group_sends_its_imports_to_the_review(
     for guid in guids:
         expect(page.locator(f'.bulk-imports a[href="/tasks/{guid}/"]')).to_be_visible()
     watch.assert_clean(page)
+
+
+def test_the_supervisors_list_of_bulks_is_paged_newest_first(supervisor_client, clerk):
+    """Sixty bulks: fifty on the first page, the other ten on the next, each with its counts."""
+    bulks = BulkRetry.objects.bulk_create(
+        BulkRetry(
+            requested_by=clerk,
+            form_token=uuid.uuid4(),
+            batch_mode="new self-contained batch",
+            payload={},
+            state=BulkState.DONE,
+        )
+        for _ in range(60)
+    )
+    newest_first = sorted(bulks, key=lambda b: (b.requested_at, b.pk), reverse=True)
+    first = supervisor_client.get(reverse("bulk_list"))
+    assert [bulk.pk for bulk, _ in first.context["rows"]] == [b.pk for b in newest_first[:50]]
+    assert 'href="?page=2">Older' in first.content.decode()
+    second = supervisor_client.get(reverse("bulk_list"), {"page": "2"})
+    assert [bulk.pk for bulk, _ in second.context["rows"]] == [b.pk for b in newest_first[50:]]
+    assert second.context["older_page"] is None

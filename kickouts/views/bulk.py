@@ -19,7 +19,9 @@ from ..choices import load_batch_choices, unavailable_batch_choices
 from ..decorators import login_required, permission_required
 from ..energycap import EnergyCapError
 from ..forms import INT32_MAX
-from .common import HtmxHttpRequest, ascii_number
+from .common import HtmxHttpRequest, ascii_number, positive_int
+
+BULKS_PER_PAGE = 50
 
 
 def _fingerprint(guids: list[str], body: dict) -> str:
@@ -153,7 +155,21 @@ def bulk_cancel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @login_required
 @permission_required("kickouts.view_all_retries")
 def bulk_list(request: HtmxHttpRequest) -> HttpResponse:
-    """Every bulk retry with its outcome counts (supervisors)."""
-    bulks = bulk_summary.with_counts(BulkRetry.objects.select_related("requested_by"))[:200]
-    rows = [(bulk, bulk_summary.annotated_summary(bulk)) for bulk in bulks]
-    return render(request, "kickouts/bulk_list.html", {"rows": rows})
+    """Every bulk retry with its counts, newest first, a page at a time (supervisors).
+
+    The page's bulks are chosen first (no COUNT of them all, as bugsink pages), then only
+    those are summed: summing every bulk's lines to show fifty is most of the work."""
+    number = positive_int(request.GET.get("page"))
+    start = (number - 1) * BULKS_PER_PAGE
+    newest = BulkRetry.objects.order_by("-requested_at", "-id").values_list("pk", flat=True)
+    ids = list(newest[start : start + BULKS_PER_PAGE + 1])
+    bulks = bulk_summary.with_counts(
+        BulkRetry.objects.filter(pk__in=ids[:BULKS_PER_PAGE]).select_related("requested_by")
+    ).order_by("-requested_at", "-id")
+    context = {
+        "rows": [(bulk, bulk_summary.annotated_summary(bulk)) for bulk in bulks],
+        "page_number": number,
+        "newer_page": number - 1 if number > 1 else None,
+        "older_page": number + 1 if len(ids) > BULKS_PER_PAGE else None,
+    }
+    return render(request, "kickouts/bulk_list.html", context)
