@@ -211,7 +211,8 @@ def generate(rows: int, people: list[int]) -> Iterator[tuple[dict, dict | None, 
             row.update(upstream_status_code=400, upstream_message="The batch is not open.")
         else:
             row["upstream_message"] = "EnergyCAP did not answer in time."
-        source = dict(retry_id=index + 1, task_guid=row["source_task_guid"], outcome=outcome)
+        source = dict(id=index + 1, retry_id=index + 1, task_guid=row["source_task_guid"])
+        source.update(outcome=outcome)
         source.update(task_id=row["source_task_id"])
         yield row, follow, source
 
@@ -256,10 +257,9 @@ def load(rows: Iterator[tuple[dict, dict | None, dict]], say: Callable[[str], No
         table.flush()
     with connection.cursor() as cursor:
         if postgres:
-            cursor.execute(
-                "SELECT setval(pg_get_serial_sequence('kickouts_retryattempt', 'id'), "
-                "(SELECT MAX(id) FROM kickouts_retryattempt))"
-            )
+            for name in ("kickouts_retryattempt", "kickouts_retrysource"):
+                sequence = f"pg_get_serial_sequence('{name}', 'id')"
+                cursor.execute(f"SELECT setval({sequence}, (SELECT MAX(id) FROM {name}))")  # noqa: S608
             cursor.execute("VACUUM ANALYZE kickouts_retryattempt")
             cursor.execute("VACUUM ANALYZE kickouts_followup")
             cursor.execute("VACUUM ANALYZE kickouts_retrysource")

@@ -101,7 +101,8 @@ def compare_rows(before: Iterable[KickoutRow], after: Iterable[KickoutRow]) -> C
 
 def by_message(rows: list[dict]) -> list[dict]:
     """The compared rows grouped by message (the new message for rows still kicked out),
-    largest group first, each with its counts per change."""
+    largest group first, each with its counts per change, in words too: every change
+    ("1 fixed, 2 still kicked out"), and what is left ("2 still kicked out, 1 new")."""
     groups: dict[str, dict] = {}
     for row in rows:
         group = groups.setdefault(
@@ -109,7 +110,14 @@ def by_message(rows: list[dict]) -> list[dict]:
         )
         group["rows"].append({**row, "label": CHANGE_LABELS[row["change"]]})
         group[row["change"]] += 1
+    for group in groups.values():
+        group["change_words"] = _in_words(group, (FIXED, STILL, NEW))
+        group["left_words"] = _in_words(group, (STILL, NEW))
     return sorted(groups.values(), key=lambda g: (-len(g["rows"]), g["message"]))
+
+
+def _in_words(group: dict, changes: tuple[str, ...]) -> str:
+    return ", ".join(f"{group[c]} {CHANGE_LABELS[c]}" for c in changes if group[c])
 
 
 def _ended(status: str) -> str:

@@ -705,6 +705,14 @@ class Comparison(models.Model):
         return f"{self.fixed_count} of {self.before_count}"
 
     @property
+    def counts_words(self) -> str:
+        """ "1 of 3 kicked-out rows fixed, 2 still kicked out, 1 new" """
+        return (
+            f"{self.fixed_count} of {self.before_count} kicked-out rows fixed, "
+            f"{self.still_count} still kicked out, {self.new_count} new"
+        )
+
+    @property
     def rows_left(self) -> int | None:
         """How many of the source's rows the new task still kicked out (plus new ones)."""
         if self.state != CompareState.COMPARED:

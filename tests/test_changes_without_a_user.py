@@ -56,7 +56,7 @@ def test_the_task_page_of_an_import_the_dashboard_reopened_opens_for_every_role(
     for client in (clerk_client, supervisor_client, outsider_client):
         response = client.get(url)
         assert response.status_code == 200
-        page = response.content.decode()
+        page = " ".join(response.content.decode().split())
         assert "re-imported → open by the dashboard" in page
         assert "open → fixed in EnergyCAP, re-imported by Carla Clerk" in page
 

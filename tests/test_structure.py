@@ -106,3 +106,15 @@ def test_each_background_task_lives_in_the_module_whose_work_it_does():
 # Modules whose tasks the test above names exactly; tasks added elsewhere (a new module's own
 # job) are allowed, as long as they are not gathered in a hub.
 _OLD_HOMES = {"kickouts.follow_up", "kickouts.bulk", "kickouts.snapshots"}
+
+
+def test_no_template_line_is_over_160_characters():
+    """A template reads on one screen: long lines are split where HTML ignores the break."""
+    long_lines = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((ROOT / "templates").rglob("*"))
+        if path.suffix in {".html", ".txt"}
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if len(line) > 160
+    ]
+    assert long_lines == []

@@ -309,9 +309,11 @@ def queue_group(request: HtmxHttpRequest) -> HttpResponse:
         GROUP_IMPORTS_PER_PAGE,
         counts["imports"],
     ).get_page(request.GET.get("imports_page"))
-    group_url = f"{reverse('queue_group')}?{chosen.query(message=message)}"
+    group_query = chosen.query(message=message)
+    group_url = f"{reverse('queue_group')}?{group_query}"
     context.update(
         message=message,
+        group_query=group_query,
         # Task pages and the bulk form opened from here link back (context_processors).
         from_query=urlencode({"from": group_url}),
         group_url=group_url,
