@@ -33,17 +33,7 @@ def start_worker(addrport: str) -> subprocess.Popen:
     worker gracefully (SIGTERM) rather than twice (a second signal kills a running task).
     """
     return subprocess.Popen(
-        # A fixed worker id: restarted, the worker knows an ask it left behind died with it.
-        [
-            sys.executable,
-            "manage.py",
-            "db_worker",
-            "--no-reload",
-            "--interval",
-            "1",
-            "--worker-id",
-            "rundashboard",
-        ],
+        [sys.executable, "manage.py", "db_worker", "--no-reload", "--interval", "1"],
         cwd=PROJECT_ROOT,
         # Links in its emails point at this dashboard unless DASHBOARD_URL says otherwise.
         env={"DASHBOARD_URL": f"http://{addrport}", **os.environ},
