@@ -1,6 +1,6 @@
 # The README's commands. `make run` starts the dashboard on the built-in
-# EnergyCAP sandbox; `make test` runs the whole test suite (SQLite, then
-# PostgreSQL + Redis) and the deploy checks.
+# EnergyCAP sandbox; `make test` runs the whole test suite (on SQLite and on
+# PostgreSQL + Redis, side by side) and the deploy checks.
 
 PYTHON ?= python3
 VENV := .venv
@@ -32,7 +32,11 @@ sandbox: install
 next-reimport: install
 	DEBUG=true ENERGYCAP_SANDBOX_PORT=$(SANDBOX_PORT) $(BIN)/python manage.py sandbox_next_reimport $(ANSWER)
 
-test: install browser lint test-sqlite test-postgres deploy-check
+# The two passes wait on the sandbox and real workers more than they compute: run side by side,
+# each one's output printed whole when it ends.
+test: install browser lint
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite test-postgres
+	$(MAKE) --no-print-directory deploy-check
 
 test-sqlite: install
 	$(BIN)/pytest
