@@ -17,7 +17,8 @@ from .views import (
 register_converter(GuidConverter, "guid")
 
 urlpatterns = [
-    path("", tasks.task_list, name="task_list"),
+    path("", queue.home, name="home"),
+    path("imports/", tasks.task_list, name="task_list"),
     path("tasks/<guid:guid>/", tasks.task_detail, name="task_detail"),
     path("tasks/<guid:guid>/retry/", retries.retry_form, name="retry_form"),
     path("batches/smart-path/", retries.smart_batch_preview, name="smart_batch_preview"),

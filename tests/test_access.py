@@ -46,6 +46,7 @@ PANEL_PAGE = {"outsider": 404, "clerk": 302, "other_clerk": 404, "supervisor": 3
 # route name -> request kind -> role -> status. Kinds: GET (a page), HTMX (a GET with
 # HX-Request), POST and HTMX POST (only where the view takes a POST).
 EXPECTED: dict[str, dict[str, dict[str, int]] | str] = {
+    "home": {"GET": dict.fromkeys(ROLES, 302)},
     "task_list": {"GET": EVERYONE, "HTMX": EVERYONE},
     "task_detail": {"GET": EVERYONE, "HTMX": EVERYONE},
     "retry_form": {"GET": RETRIERS, "HTMX": RETRIERS, "POST": RETRIERS, "HTMX POST": RETRIERS},

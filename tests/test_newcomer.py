@@ -33,6 +33,21 @@ def test_after_sign_in_the_day_starts_on_kickouts(client, clerk, sandbox):
     assert "The day's work starts on **Kickouts**" in README
 
 
+def test_the_dashboards_address_leads_to_kickouts_through_sign_in(client, clerk, sandbox):
+    """Opening the dashboard's address signed out: sign in, then the kickout queue (where the
+    bill imports' list once was, which now has its own address)."""
+    response = client.get("/", follow=True)
+    assert response.redirect_chain[-1][0] == f"{reverse('login')}?next=/"
+    response = client.post(
+        f"{reverse('login')}?next=/",
+        {"username": clerk.get_username(), "password": PASSWORD, "next": "/"},
+        follow=True,
+    )
+    assert response.redirect_chain == [("/", 302), (reverse("queue"), 302)]
+    assert response.request["PATH_INFO"] == reverse("queue") == "/kickouts/"
+    assert reverse("task_list") == "/imports/"
+
+
 def make_dry_run(*args: str) -> str:
     result = subprocess.run(
         ["make", "--no-print-directory", "-n", *args],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import responses
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -38,6 +40,13 @@ def test_the_task_list_shows_recent_bill_imports_newest_first(clerk_client, sand
     assert "Sandbox" in body
     assert "Page 1 of 2" in body and "72 imports in the period" in body
     assert "<time datetime=" in body and 'Z" data-local' in body
+
+
+def test_the_task_list_names_each_import_by_its_number_as_every_page_does(clerk_client, sandbox):
+    """"Import 47223", the name clerks know it by; never "Task 47223"."""
+    body = clerk_client.get(reverse("task_list")).content.decode()
+    numbers = re.findall(r"(Import|Task) (\d{5})\b", body)
+    assert numbers and {word for word, _ in numbers} == {"Import"}
 
 
 def test_one_task_list_view_makes_exactly_one_upstream_request(clerk_client, sandbox):

@@ -259,6 +259,13 @@ def with_message(imports: QuerySet[ImportSnapshot], message: str) -> QuerySet[Im
 
 @require_GET
 @login_required
+def home(request: HtmxHttpRequest) -> HttpResponse:
+    """The dashboard's address: the day starts on the kickout queue, signed in or after."""
+    return redirect("queue")
+
+
+@require_GET
+@login_required
 def queue(request: HtmxHttpRequest) -> HttpResponse:
     chosen = QueueFilter(request.GET)
     progress, polled = _progress(request, chosen)
