@@ -43,7 +43,7 @@ def test_the_task_list_shows_recent_bill_imports_newest_first(clerk_client, sand
 
 
 def test_the_task_list_names_each_import_by_its_number_as_every_page_does(clerk_client, sandbox):
-    """"Import 47223", the name clerks know it by; never "Task 47223"."""
+    """Each import is "Import 47223", the name clerks know it by; never "Task 47223"."""
     body = clerk_client.get(reverse("task_list")).content.decode()
     numbers = re.findall(r"(Import|Task) (\d{5})\b", body)
     assert numbers and {word for word, _ in numbers} == {"Import"}
