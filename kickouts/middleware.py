@@ -51,5 +51,5 @@ class RefuseNulCharacters:
 
     def _refuse(self, request: HttpRequest, where: str, field: str) -> HttpResponse:
         logger.info("Refused %s %s: a NUL character in %r", request.method, request.path, field)
-        context = {"where": where, "field": field}
+        context = {"where": where, "field": field, "label": field.replace("_", " ").capitalize()}
         return render(request, "400_nul.html", context, status=400)

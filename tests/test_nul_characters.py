@@ -28,9 +28,15 @@ CLEAN_MESSAGE = "Meter not found for account"
 
 
 def refused(response, field: str) -> bool:
-    """A 400 page that names the field holding the NUL."""
+    """A 400 page that names the field holding the NUL, and says how to get the typing back."""
     page = response.content.decode()
-    return response.status_code == 400 and f"<code>{field}</code>" in page and "NUL" in page
+    label = field.replace("_", " ").capitalize()
+    return (
+        response.status_code == 400
+        and f"“{label}” (<code>{field}</code>)" in page
+        and "NUL" in page
+        and ("the form keeps what you typed" in page or "from the address" in page)
+    )
 
 
 # --- our own input ------------------------------------------------------------------------
