@@ -160,7 +160,7 @@ def needs_attention(bulk: BulkRetry) -> list[Attention]:
             found.append(
                 Attention(
                     label,
-                    f"the new import {retry.new_task_label} completed with kickouts: "
+                    f"its new import, {retry.new_task_label}, completed with kickouts: "
                     f"{left} row{'s' if left != 1 else ''} still kicked out",
                 )
             )

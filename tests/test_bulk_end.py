@@ -79,6 +79,13 @@ def test_a_bulk_whose_imports_end_three_ways_says_so_and_emails_once_at_the_last
     body = body_of(message)
     assert "Needs your attention:" in body
     assert f"- Import {failed.source_task_id}: the new import failed" in body
+    with_kickouts = RetryAttempt.objects.get(bulk=bulk, follow_up__status="Completed with kickouts")
+    assert with_kickouts.compared.rows_left  # the sandbox keeps some of the source's rows
+    assert (
+        f"- Import {with_kickouts.source_task_id}: its new import, "
+        f"Import {with_kickouts.new_task_id}, completed with kickouts: "
+    ) in body
+    assert "3 of 3 sent; the bulk is done." in body
     assert f"/bulk/{bulk.pk}/" in body
     # Recorded right after the mail server took it.
     wait_for(
