@@ -69,6 +69,8 @@ def test_a_bulk_whose_imports_end_three_ways_says_so_and_emails_once_at_the_last
     assert re.search(r"3 sent: 1 completed, 1 with kickouts, 1 failed; \d+ of 12 rows fixed", page)
     assert page.count('class="badge badge-failed"') == 1
     assert page.count("badge-running") == 0
+    for retry in RetryAttempt.objects.filter(bulk=bulk):  # each line names its new import
+        assert f'/tasks/{retry.new_task_guid}/">Import {retry.new_task_id}</a>' in page
     listed = " ".join(supervisor_client.get(reverse("bulk_list")).content.decode().split())
     assert words in listed
 
