@@ -16,6 +16,9 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
+from kickouts.management.commands.rundashboard import Command
+from kickouts.roles import ensure_roles
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -196,3 +199,14 @@ def test_retry_records_are_read_only_in_the_admin(admin_client, clerk, sandbox):
     assert admin_client.post(delete_url, {"post": "yes"}).status_code == 403
     attempt.refresh_from_db()
     assert attempt.batch_mode == "new batch"
+
+
+def test_starting_again_keeps_the_demo_users_signed_in(db):
+    """`make run` a second time sets the demo users up again, but their password hashes stay:
+    a new hash would end every session of the last run (Django checks it on each request)."""
+    ensure_roles()
+    Command(stdout=io.StringIO())._demo_users()
+    hashes = dict(User.objects.values_list("username", "password"))
+    Command(stdout=io.StringIO())._demo_users()
+    assert dict(User.objects.values_list("username", "password")) == hashes
+    assert User.objects.get(username="clerk").check_password("kickouts-demo")

@@ -107,7 +107,9 @@ class Command(BaseCommand):
             user.first_name, _, user.last_name = full_name.partition(" ")
             # The worker's emails to them are printed in this terminal (console backend).
             user.email = f"{username}@example.com"
-            user.set_password(DEMO_PASSWORD)
+            # A new hash on every start would sign everyone out of the last run's sessions.
+            if not user.check_password(DEMO_PASSWORD):
+                user.set_password(DEMO_PASSWORD)
             user.save()
             user.groups.set([Group.objects.get(name=group)] if group else [])
             role = group or "no role"
