@@ -118,3 +118,16 @@ def test_no_template_line_is_over_160_characters():
         if len(line) > 160
     ]
     assert long_lines == []
+
+
+def test_no_template_comment_spans_lines():
+    """`{# … #}` ends on its own line: split over two, Django shows it on the page as text
+    (seen on the retry form). Longer comments use {% comment %}."""
+    open_comments = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((ROOT / "templates").rglob("*"))
+        if path.suffix in {".html", ".txt"}
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if line.count("{#") != line.count("#}")
+    ]
+    assert open_comments == []
