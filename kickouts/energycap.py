@@ -198,7 +198,7 @@ REIMPORT_ANSWERS: dict[str, tuple[Verdict, str]] = {
     ),
     "dropped after sending": (
         Verdict.UNKNOWN,
-        "The connection broke after the request may have been written.",
+        "The request may have reached EnergyCAP before the connection broke.",
     ),
 }
 CONNECTION_FAILURES = {
@@ -574,7 +574,8 @@ class EnergyCap:
         except requests.exceptions.ReadTimeout:
             logger.warning("EnergyCAP %s %s timed out", method, path)
             raise TimedOut(
-                f"EnergyCAP did not answer within {self.timeout[1]:g} seconds.",
+                f"EnergyCAP did not answer within {self.timeout[1]:g} "
+                f"second{'' if self.timeout[1] == 1 else 's'}.",
                 answer="timeout after sending",
             ) from None
         except requests.exceptions.ConnectionError as exc:

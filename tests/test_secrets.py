@@ -86,7 +86,7 @@ def test_no_page_fragment_or_log_line_contains_the_key(everyone, clerk, sandbox,
         clerk,
         source_task_guid=RUNNING_TASK_GUID,
         outcome=Outcome.UNKNOWN,
-        upstream_message="EnergyCAP did not answer within 1 seconds.",
+        upstream_message="EnergyCAP did not answer within 1 second.",
     )
     for route in project_routes():
         url = url_for(route, guid=API_USER_KICKOUT_TASK_GUID, pk=attempt.pk)
