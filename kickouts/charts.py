@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from django.utils.text import Truncator
+
 WIDTH = 720
 HEIGHT = 240
 LEFT = 44  # room for the axis labels
@@ -18,6 +20,7 @@ BOTTOM = 40  # room for the bucket labels
 GAP = 0.2  # of a column's width, between bars
 TICKS = 4
 MAX_SLOT = 90  # a chart of one or two bars keeps them bar-shaped
+CHAR_WIDTH = 7  # of an 11px label, in the viewBox's units: a label is cut to fit its column
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,8 @@ def stacked(title: str, legend: list[str], columns: list[Column]) -> BarChart:
                 )
             )
         if number % every == 0:
-            chart.labels.append(Label(round(x + slot * (1 - GAP) / 2, 1), column.label))
+            text = Truncator(column.label).chars(max(3, int(slot * every // CHAR_WIDTH)))
+            chart.labels.append(Label(round(x + slot * (1 - GAP) / 2, 1), text))
     chart.ticks = [
         Tick(round(chart.baseline - plot * n / TICKS, 1), top * n // TICKS)
         for n in range(TICKS + 1)

@@ -130,6 +130,11 @@ class Bucket:
             return f"{self.first:%b} {self.first.day}"
         return f"{self.first:%b} {self.first.day}–{self.last:%b} {self.last.day}"
 
+    @property
+    def short_label(self) -> str:
+        """Under a chart's bar: its first day (the table beside it has the whole week)."""
+        return f"{self.first:%b} {self.first.day}"
+
 
 def start_of(day: date) -> datetime:
     """Midnight at the start of `day` in the site's time zone (as the history's date filter)."""

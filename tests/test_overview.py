@@ -27,7 +27,7 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from kickouts import compare, overview, snapshots, weekly
+from kickouts import charts, compare, overview, snapshots, weekly
 from kickouts.causes import OTHER, cause_key
 from kickouts.models import (
     ComparisonCause,
@@ -386,3 +386,20 @@ def test_the_weekly_sweep_queues_itself_for_next_monday_morning(sam_opted_in):
     assert queued.task_id and queued.run_at == weekly.next_send_time(now)
     assert queued.run_at.astimezone(timezone.get_default_timezone()).weekday() == 0
     assert weekly.wake() is False  # already queued: a page view adds nothing
+
+
+@pytest.mark.parametrize("count", [2, 6, 13, 31, 53])
+def test_a_charts_labels_are_cut_to_fit_their_columns(count):
+    """Column labels never run into each other: each is cut (with "…") to the room it has,
+    seen by hand as "Meter cannot …Vendor code m…" under the causes."""
+    columns = [
+        charts.Column(f"Bill dates outside the account's service dates {n}", [])
+        for n in range(count)
+    ]
+    chart = charts.stacked("t", [], columns)
+    xs = [label.x for label in chart.labels]
+    room = min(b - a for a, b in zip(xs, xs[1:], strict=False)) if len(xs) > 1 else charts.MAX_SLOT
+    assert chart.labels and all(
+        len(label.text) * charts.CHAR_WIDTH <= room for label in chart.labels
+    ), [label.text for label in chart.labels]
+    assert all(label.text.endswith("…") for label in chart.labels)

@@ -68,7 +68,7 @@ def open_rows_chart(figures: Overview, links: Links) -> charts.BarChart:
     series = figures.open_rows.series
     columns = [
         charts.Column(
-            bucket.label,
+            bucket.short_label,
             [
                 charts.Segment(
                     number,
@@ -92,7 +92,7 @@ def imports_chart(figures: Overview, links: Links) -> charts.BarChart:
         first, last = week.bucket.first, week.bucket.last
         columns.append(
             charts.Column(
-                week.bucket.label,
+                week.bucket.short_label,
                 [
                     charts.Segment(
                         0,
@@ -115,7 +115,7 @@ def imports_chart(figures: Overview, links: Links) -> charts.BarChart:
 def retries_chart(figures: Overview, links: Links) -> charts.BarChart:
     columns = [
         charts.Column(
-            week.bucket.label,
+            week.bucket.short_label,
             [
                 charts.Segment(
                     number,
