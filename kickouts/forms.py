@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from . import batch_modes, uploads
 from .energycap import EnergyCapError
-from .models import RetryAttempt
+from .models import Outcome, RetryAttempt
 from .payloads import Batch, CurrentUser, ImportProfile
 
 INT32_MAX = 2_147_483_647
@@ -682,7 +682,10 @@ class CorrectedFileForm(RetryForm):
                 "Choose the corrected file to import (CSV, TXT, DAT, XLSX or ZIP).",
                 code="required",
             )
-        self.earlier_retry = self.find_same_file(self.checked.sha256)
+        # The same file imported before; else an import of a source whose answer was lost:
+        # EnergyCAP may have imported those bills, and a file holding them would import them
+        # twice. Either needs a supervisor, who confirms (as a retry after either would).
+        self.earlier_retry = self.find_same_file(self.checked.sha256) or self.unknown_import()
         if self.earlier_retry is not None:
             self.fields["confirm_duplicate"].help_text = self.duplicate_warning()
         return upload
@@ -699,11 +702,31 @@ class CorrectedFileForm(RetryForm):
             self.add_error("confirm_rows", checked.row_confirmation_message)
         return data
 
+    def unknown_import(self) -> RetryAttempt | None:
+        """The first source's latest import whose outcome is unknown, if any."""
+        return next(
+            (
+                latest
+                for latest in self.latest_imports.values()
+                if latest is not None and latest.outcome == Outcome.UNKNOWN
+            ),
+            None,
+        )
+
     def duplicate_warning(self) -> str:
         earlier = self.earlier_retry
         if earlier is None or self.checked is None:
             return ""
         when, who, new_task = _earlier_words(earlier)
+        if earlier.outcome == Outcome.UNKNOWN and not (
+            earlier.is_corrected_file and earlier.corrected_file.sha256 == self.checked.sha256
+        ):
+            return (
+                f"{earlier.sources_label} was imported again by {who} on {when} (retry "
+                f"#{earlier.pk}) and EnergyCAP's answer was lost: it may have imported those "
+                f"bills. Until a supervisor settles it on that retry's page, importing a file "
+                f"that holds them may import them twice."
+            )
         return (
             f"This file ({self.checked.name}, sha256 {self.checked.sha256[:12]}…) was already "
             f"imported for {earlier.sources_label} by {who} on {when} (retry #{earlier.pk}, "

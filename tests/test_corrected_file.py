@@ -367,6 +367,34 @@ def test_the_same_file_again_needs_a_supervisor_who_confirms_naming_the_earlier_
     assert sandbox.count("import_post") == 3
 
 
+def test_a_file_for_an_import_whose_re_import_answer_was_lost_needs_a_supervisor(
+    clerk_client, supervisor_client, sandbox, settings
+):
+    """Carla's re-import lost its answer (EnergyCAP may have imported the bills). A corrected
+    file holding those bills is refused to her until a supervisor settles it, and Sam may
+    send it only by confirming, naming the lost retry. Seen by hand: it went straight out."""
+    settings.ENERGYCAP_READ_TIMEOUT = 1
+    sandbox.fault("kickout_post", {"hang": 3, "apply": True})
+    post_retry(clerk_client, TASK, action="send", batch_mode=SELF_CONTAINED)
+    lost = RetryAttempt.objects.get(kind=Kind.REIMPORT)
+    assert lost.outcome == Outcome.UNKNOWN
+
+    data = fixed_file(sandbox)
+    refused = review(clerk_client, [TASK], "fixed.csv", data)
+    refusal = " ".join(refused.context["form"].non_field_errors())
+    assert f"retry #{lost.pk}) and EnergyCAP's answer was lost" in refusal
+    assert "Only a supervisor can import it again." in refusal
+
+    token = uuid.uuid4()
+    unconfirmed = review(supervisor_client, [TASK], "fixed.csv", data, token=token)
+    assert "Tick this box" in form_errors(unconfirmed)["confirm_duplicate"][0]
+    send(supervisor_client, [TASK], token, duplicate_of=lost.pk, confirm_duplicate=True)
+    sent = RetryAttempt.objects.latest("id")
+    assert sent.kind == Kind.CORRECTED_FILE and sent.outcome == Outcome.SUBMITTED
+    assert sent.confirmed_duplicate_of == lost
+    assert sandbox.count("import_post") == 1
+
+
 def test_a_re_import_after_a_corrected_file_needs_the_duplicate_confirmation(clerk_client, sandbox):
     """Re-importing the kickouts a corrected file already imported would import bills twice:
     the re-import's own duplicate rule covers it, naming the corrected file."""
