@@ -191,10 +191,16 @@ def _end(follow: FollowUp, stopped_reason: str = "") -> bool:
 def panel_reading(attempt: RetryAttempt) -> tuple[StatusReading | None, bool]:
     """The reading a status panel shows, and whether the worker seems to be down.
 
-    Followed and on time (or ended): the record, no upstream request. A follow-up that is
-    late (or a retry without one): shared polling, whose reading is recorded too, and a
-    sweep is started again if the queued one was lost."""
+    Followed and on time, or past the end: the record, no upstream request (the end is
+    known; only the worker compares the kickouts, so a late report is waited for). A
+    follow-up whose ask is late (or a retry without one): shared polling, whose reading is
+    recorded too. Either way a sweep is started again if the queued one was lost."""
     follow = attempt.follow
+    if follow is not None and not follow.is_following:
+        late = overdue(follow)
+        if late:
+            wake()
+        return status.recorded_reading(follow), late
     if follow is not None and not overdue(follow):
         return status.recorded_reading(follow), False
     reading = status.read_task_status(attempt.new_task_guid)

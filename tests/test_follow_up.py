@@ -111,6 +111,39 @@ def test_an_ended_import_is_polled_on_until_its_kickouts_are_compared(clerk, cle
     assert "Comparing the kickouts before and after" in response.content.decode()
 
 
+def test_an_end_seen_before_a_late_worker_compared_keeps_polling_the_record_until_it_has(
+    clerk, supervisor_client, sandbox
+):
+    """The page saw the end while the worker was late (seen in CI under load: the panel
+    stopped and the before and after never came). The panel polls on, reading the record only,
+    tells a supervisor the comparison waits for the worker, and its next swap after the worker
+    reported brings the before and after."""
+    long_ago = timezone.now() - timedelta(minutes=5)
+    attempt = followed_retry(
+        clerk,
+        state=FollowState.REPORTING,
+        status="Completed",
+        finished=True,
+        end_date=long_ago,
+        due_at=long_ago,
+    )
+    response = panel(supervisor_client, attempt)
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "Comparing the kickouts before and after" in body
+    assert "The before and after appears here once it runs again" in body
+    assert sandbox.log("task_get") == []
+    assert queued_sweeps().count() == 1
+
+    follow_up.sweep()  # the worker reports (its comparison asks EnergyCAP; the page does not)
+    asked = len(sandbox.log("task_get"))
+    response = panel(supervisor_client, attempt)
+    assert response.status_code == 286
+    assert "Comparing the kickouts before and after" not in response.content.decode()
+    assert FollowUp.objects.get(pk=attempt.pk).state == FollowState.ENDED
+    assert len(sandbox.log("task_get")) == asked
+
+
 def test_a_late_sweep_falls_back_to_shared_polling_warns_a_supervisor_and_is_started_again(
     clerk, clerk_client, supervisor_client, sandbox
 ):

@@ -220,10 +220,10 @@ def panel_context(request, attempt: RetryAttempt, *, watch_started: float, failu
     context.update(reconcile.comparison_context(attempt))
     if reading is not None and reading.ok:
         failures = 0
-        # Polled on after the end until the worker compared the kickouts: the last swap
-        # brings the before and after.
+        # Polled on after the end until the worker compared the kickouts (reading the record
+        # only; a late worker is waited for): the last swap brings the before and after.
         reporting = follow is not None and follow.state == FollowState.REPORTING
-        running = reading.task.is_running or (reporting and not worker_down)
+        running = reading.task.is_running or reporting
     elif follow is not None and follow.state == FollowState.FOLLOWING and not worker_down:
         failures = 0  # no answer yet, or EnergyCAP failing: the worker keeps asking
         running = True
