@@ -399,12 +399,13 @@ def bulk_email_due(bulk_id: int) -> None:
 
 
 def _bulk_email(claim: EmailClaim) -> None:
-    """The bulk's one email, once it sends no more and none of its new imports is followed
-    any more; until then the claim is dropped (the next end makes it due again)."""
+    """The bulk's one email, once it sends no more and each of its new imports was followed
+    to its end and reported (a report still due is waited for: its before and after belongs
+    in the email); until then the claim is dropped (the next report makes it due again)."""
     bulk = claim.bulk
     mine = BulkRetry.objects.filter(pk=bulk.pk, email_due_at=claim.lease)
-    following = FollowUp.objects.filter(retry__bulk=bulk, state=FollowState.FOLLOWING)
-    if bulk.state == BulkState.SENDING or bulk.notified_at is not None or following.exists():
+    unreported = FollowUp.objects.filter(retry__bulk=bulk, state__in=SWEPT)
+    if bulk.state == BulkState.SENDING or bulk.notified_at is not None or unreported.exists():
         mine.update(email_due_at=None)
         return
     subject, body = notify.bulk_ended_email(bulk)

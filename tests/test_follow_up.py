@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import re
 import time
+import uuid
 from datetime import timedelta
 
 from django.core import mail
@@ -18,9 +19,10 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from kickouts import follow_up
+from kickouts.bulk_models import BulkLine, BulkRetry, BulkState, LineState
 from kickouts.follow_up_models import FollowState, FollowUp
 from kickouts.models import Outcome, RetryAttempt, UserSettings
-from kickouts.sandbox.state import COMPLETED_TASK_GUID, RUNNING_TASK_GUID
+from kickouts.sandbox.state import COMPLETED_TASK_GUID, KICKOUT_TASK_GUID, RUNNING_TASK_GUID
 
 from .factories import follow, make_retry
 
@@ -240,6 +242,55 @@ def test_the_requester_is_emailed_once_with_the_status_counts_batch_and_link(
     assert row.state == FollowState.ENDED
     assert row.notification == "Emailed to carla@example.com."
     assert row.notified_at is not None
+
+
+def test_a_bulks_email_waits_for_the_report_of_an_import_that_ended_in_the_same_sweep(
+    clerk, sandbox
+):
+    """One import of a done bulk was reported (the email is due); the sweep that sends it
+    also sees the other import end. The email waits for that one's before and after (seen in
+    CI: it went out without the "completed with kickouts" line), and goes out once."""
+    clerk.email = "carla@example.com"
+    clerk.save()
+    now = timezone.now()
+    bulk = BulkRetry.objects.create(
+        requested_by=clerk,
+        form_token=uuid.uuid4(),
+        batch_mode="new self-contained batch",
+        payload={"batchSettings": {"batchMode": "new self-contained batch"}},
+        state=BulkState.DONE,
+        finished_at=now,
+        email_due_at=now,  # the first import's report made it due
+    )
+    reported = make_retry(clerk, bulk=bulk, source_task_id=47223, new_task_guid=COMPLETED_TASK_GUID)
+    follow(reported, state=FollowState.ENDED, due_at=None, status="Completed", finished=True)
+    ending = make_retry(
+        clerk,
+        bulk=bulk,
+        source_task_id=47224,
+        source_task_guid=KICKOUT_TASK_GUID,
+        new_task_guid=KICKOUT_TASK_GUID,
+    )
+    follow(ending)
+    for position, retry in enumerate([reported, ending], start=1):
+        BulkLine.objects.create(
+            bulk=bulk, position=position, task_guid=retry.source_task_guid,
+            task_id=retry.source_task_id, state=LineState.SENT, retry=retry,
+        )  # fmt: skip
+
+    follow_up.sweep()  # asks: the second import ended with kickouts
+    assert FollowUp.objects.get(pk=ending.pk).state == FollowState.REPORTING
+    assert mail.outbox == []
+    for _ in range(3):
+        follow_up.sweep()
+    [message] = mail.outbox
+    assert FollowUp.objects.get(pk=ending.pk).state == FollowState.ENDED
+    ending = RetryAttempt.objects.get(pk=ending.pk)
+    assert ending.compared.rows_left
+    assert (
+        f"- Import 47224: its new import, Import {ending.new_task_id}, completed with kickouts: "
+        f"{ending.compared.rows_left} rows still kicked out"
+    ) in " ".join(message.body.split())
 
 
 def test_a_clerk_without_an_email_address_gets_none_and_the_retry_page_says_so(
