@@ -308,7 +308,13 @@ def _settle_stale_submissions() -> list[int]:
 
 
 def _record(claim: Claim, reading: StatusReading) -> None:
-    """One ask's reading, and the next ask's time (only while this sweep holds the claim)."""
+    """One ask's reading, and the next ask's time (only while this sweep holds the claim),
+    in one transaction: a page never sees the reading without its next time."""
+    with transaction.atomic():
+        _record_in_transaction(claim, reading)
+
+
+def _record_in_transaction(claim: Claim, reading: StatusReading) -> None:
     follow = claim.follow
     now = timezone.now()
     asked: dict[str, Any] = {"checked_at": reading.checked_at}
