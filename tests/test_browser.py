@@ -188,7 +188,38 @@ def test_the_status_panel_follows_the_new_task_to_its_before_and_after_and_stops
     assert page.locator("#status-panel[hx-get]").count() == 0
     announcer = page.locator("#status-announcer").inner_text()
     assert announcer == "The new import ended: Completed with kickouts."
+    # The facts and the retry chain above and below the panel came along: the new import by
+    # its number, its end in the chain.
+    new_task_id = RetryAttempt.objects.get(pk=pk).new_task_id
+    expect(page.locator("#retry-facts")).to_contain_text(f"Import {new_task_id}")
+    chain = page.locator("#lineage")
+    expect(chain).to_contain_text(f"Import {new_task_id} (Completed with kickouts)")
     assert worker.process.poll() is None
+    watch.assert_clean(page)
+
+
+def test_a_failed_new_import_turns_the_pages_notice_without_a_reload(
+    page, watch, live_server, clerk, sandbox, settings, start_worker
+):
+    """Seen by hand: the new import failed with nothing imported, the badge said so, and the
+    notice under it still said that retrying again needs a supervisor. The last swap brings
+    the notice of the end: no supervisor needed, try again."""
+    settings.STATUS_POLL_SECONDS = 1
+    clerk.email = "carla@example.com"
+    clerk.save()
+    sandbox.configure(task_seconds=2, next_outcomes=["Failed"])
+    start_worker()
+    sign_in(page, live_server.url, clerk)
+    _task_page(page)
+    _review_and_send(page, "new self-contained batch")
+    notice = page.locator("#outcome-notice")
+    expect(notice).to_contain_text("Retrying this import again needs a supervisor")
+    expect(page.locator("#retry-facts")).to_contain_text("An email goes to carla@example.com")
+    expect(page.locator("h1 #end-badge")).to_contain_text("new import: Failed", timeout=15_000)
+    expect(notice).to_contain_text("EnergyCAP's counts show that no bill was imported")
+    expect(notice).to_contain_text("you may retry it — no supervisor needed")
+    expect(notice.get_by_role("link", name="Try again with these settings")).to_be_visible()
+    expect(page.locator("#retry-facts")).to_contain_text("Emailed to carla@example.com")
     watch.assert_clean(page)
 
 

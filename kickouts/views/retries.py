@@ -197,8 +197,25 @@ def status_panel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     failures = ascii_number(request.GET.get("failures"), maximum=99) or 0
     context = {"attempt": attempt}
     context.update(panel_context(request, attempt, watch_started=watch_started, failures=failures))
+    reading = context["reading"]
+    ended = reading is not None and reading.ok and not reading.task.is_running
+    if ended and not context["keep_polling"]:
+        # The last swap: what the end changes above and below the panel comes along.
+        context.update(page_end_context(request, pk))
     status = 200 if context["keep_polling"] else 286
     return render(request, "kickouts/retry_detail.html#status-panel", context, status=status)
+
+
+def page_end_context(request, pk: int) -> dict:
+    """The retry page's parts that the new import's end changes (the outcome's notice, the
+    facts, the retry chain), from the record as the panel's reading left it."""
+    attempt = visible_attempt(request, pk)
+    return {
+        "attempt": attempt,
+        "page_end": True,
+        "lineage": lineage.for_task(attempt.source_task_guid),
+        "email_note": email_note(attempt, request.user),
+    }
 
 
 def panel_context(request, attempt: RetryAttempt, *, watch_started: float, failures: int) -> dict:
