@@ -660,7 +660,10 @@ def test_two_clerks_sending_the_same_file_for_the_same_import_at_once_import_it_
     clerk, other_clerk, sandbox
 ):
     """Carla and Oscar reviewed the same corrected file and press Send at the same moment:
-    EnergyCAP sees one import, the other request gets a clean "not sent" record."""
+    EnergyCAP sees one import. The other request gets a clean "not sent" record when both
+    passed the form's checks before either was recorded (the database refuses the second), or
+    the form's refusal naming the first when that one was recorded first (seen in CI under
+    load); either way nothing more is sent."""
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL's concurrency; `make test` runs this on PostgreSQL")
     data = fixed_file(sandbox)
@@ -670,12 +673,12 @@ def test_two_clerks_sending_the_same_file_for_the_same_import_at_once_import_it_
         assert review(client, [TASK], "fixed.csv", data, token=token).context["confirming"]
     sandbox.fault("import_post", latency=0.3)
     barrier = threading.Barrier(2)
-    statuses = []
+    responses = []
 
     def press_send(client, token):
         barrier.wait()
         try:
-            statuses.append(send(client, [TASK], token).status_code)
+            responses.append(send(client, [TASK], token))
         finally:
             connection.close()
 
@@ -686,11 +689,21 @@ def test_two_clerks_sending_the_same_file_for_the_same_import_at_once_import_it_
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert statuses == [302, 302]
     assert sandbox.count("import_post") == 1
     outcomes = sorted(RetryAttempt.objects.values_list("outcome", flat=True))
-    assert outcomes == [Outcome.NOT_SENT, Outcome.SUBMITTED]
     assert RetrySource.objects.filter(task_guid=TASK, outcome=Outcome.SUBMITTED).count() == 1
+    statuses = sorted(response.status_code for response in responses)
+    if statuses == [302, 302]:
+        assert outcomes == [Outcome.NOT_SENT, Outcome.SUBMITTED]
+    else:
+        assert statuses == [200, 302]
+        assert outcomes == [Outcome.SUBMITTED]
+        [refused] = [r for r in responses if r.status_code == 200]
+        body = " ".join(refused.content.decode().split())
+        first = RetryAttempt.objects.get()
+        # The form names the first import, or says one was made since the review.
+        named = f"(retry #{first.pk}," in body or "since this form was opened" in body
+        assert named, body[:2000]
 
 
 def test_a_re_import_of_an_import_a_corrected_file_is_being_sent_for_is_refused(
