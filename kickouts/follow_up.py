@@ -362,8 +362,6 @@ def _report(claim: Claim) -> None:
     values: dict[str, Any] = {}
     again = compared == CompareState.ERROR and compare.worth_trying_again(attempt)
     if attempt.bulk_id is not None:
-        # One email for the whole bulk, looked at now that this import ended.
-        bulk_email_due(attempt.bulk_id)
         values.update(notification=f"One email for bulk retry #{attempt.bulk_id}.")
     elif follow.notified_at is None:
         delivery = _email(attempt, follow)
@@ -383,6 +381,10 @@ def _report(claim: Claim) -> None:
             due_at=None,
         )
     FollowUp.objects.filter(pk=follow.pk, due_at=claim.lease).update(**values)
+    if attempt.bulk_id is not None:
+        # One email for the whole bulk, looked at once this report is recorded (looked at
+        # before, it would find this import unreported and wait for a report already made).
+        bulk_email_due(attempt.bulk_id)
 
 
 def _email(attempt: RetryAttempt, follow: FollowUp) -> notify.Delivery:
@@ -408,21 +410,33 @@ def _bulk_email(claim: EmailClaim) -> None:
     """The bulk's one email, once it sends no more and each of its new imports was followed
     to its end and reported (a report still due is waited for: its before and after belongs
     in the email); until then the claim is dropped (the next report makes it due again)."""
-    bulk = claim.bulk
-    mine = BulkRetry.objects.filter(pk=bulk.pk, email_due_at=claim.lease)
-    unreported = FollowUp.objects.filter(retry__bulk=bulk, state__in=SWEPT)
-    if bulk.state == BulkState.SENDING or bulk.notified_at is not None or unreported.exists():
-        mine.update(email_due_at=None)
-        return
-    subject, body = notify.bulk_ended_email(bulk)
-    delivery = notify.deliver(bulk.requested_by, subject, body)
-    now = timezone.now()
-    if delivery.failed:
-        logger.warning("Bulk retry #%s: the email failed: %s", bulk.pk, delivery.note)
-        # Tried again a few times, minutes apart, then left with the failure recorded.
-        ended = bulk.finished_at or now
-        again = now + REPORT_AGAIN_AFTER
-        keep_trying = again - ended < REPORT_AGAIN_AFTER * REPORT_ATTEMPTS * REPORT_ATTEMPTS
-        mine.update(notification=delivery.note[:200], email_due_at=again if keep_trying else None)
-        return
-    mine.update(notification=delivery.note[:200], notified_at=now, email_due_at=None)
+    # The bulk's row stays locked from the check to the record: a report that makes the email
+    # due meanwhile waits, then finds it sent (or, dropped here, due again). A worker killed
+    # while sending leaves its claim to pass, as any claim.
+    with transaction.atomic():
+        bulk = (
+            BulkRetry.objects.select_for_update()
+            .select_related("requested_by")
+            .filter(pk=claim.bulk.pk, email_due_at=claim.lease)
+            .first()
+        )
+        if bulk is None:
+            return  # made due again since the claim: the next sweep looks
+        mine = BulkRetry.objects.filter(pk=bulk.pk)
+        unreported = FollowUp.objects.filter(retry__bulk=bulk, state__in=SWEPT)
+        if bulk.state == BulkState.SENDING or bulk.notified_at is not None or unreported.exists():
+            mine.update(email_due_at=None)
+            return
+        subject, body = notify.bulk_ended_email(bulk)
+        delivery = notify.deliver(bulk.requested_by, subject, body)
+        now = timezone.now()
+        if delivery.failed:
+            logger.warning("Bulk retry #%s: the email failed: %s", bulk.pk, delivery.note)
+            # Tried again a few times, minutes apart, then left with the failure recorded.
+            ended = bulk.finished_at or now
+            again = now + REPORT_AGAIN_AFTER
+            keep_trying = again - ended < REPORT_AGAIN_AFTER * REPORT_ATTEMPTS * REPORT_ATTEMPTS
+            due = again if keep_trying else None
+            mine.update(notification=delivery.note[:200], email_due_at=due)
+            return
+        mine.update(notification=delivery.note[:200], notified_at=now, email_due_at=None)

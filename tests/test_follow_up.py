@@ -293,6 +293,39 @@ def test_a_bulks_email_waits_for_the_report_of_an_import_that_ended_in_the_same_
     ) in " ".join(message.body.split())
 
 
+def test_a_bulks_email_claimed_in_the_sweep_that_reports_its_last_import_goes_out_once(
+    clerk, sandbox
+):
+    """One sweep holds both the last import's report and the bulk's email (seen in CI: two
+    emails). The report makes the email due again after the claim was taken; the email goes
+    out once, however many sweeps follow."""
+    clerk.email = "carla@example.com"
+    clerk.save()
+    now = timezone.now()
+    bulk = BulkRetry.objects.create(
+        requested_by=clerk,
+        form_token=uuid.uuid4(),
+        batch_mode="new self-contained batch",
+        payload={"batchSettings": {"batchMode": "new self-contained batch"}},
+        state=BulkState.DONE,
+        finished_at=now,
+        email_due_at=now - timedelta(seconds=1),
+    )
+    reported = make_retry(clerk, bulk=bulk, source_task_id=47223, new_task_guid=COMPLETED_TASK_GUID)
+    follow(reported, state=FollowState.ENDED, due_at=None, status="Completed", finished=True)
+    last = make_retry(clerk, bulk=bulk, source_task_id=47224, new_task_guid=COMPLETED_TASK_GUID)
+    follow(last, state=FollowState.REPORTING, status="Completed", finished=True, end_date=now)
+
+    claims = follow_up.claim_due(timezone.now())
+    assert {type(c).__name__ for c in claims} == {"Claim", "EmailClaim"}
+    BulkRetry.objects.filter(pk=bulk.pk).update(email_due_at=now - timedelta(seconds=1))
+    FollowUp.objects.filter(pk=last.pk).update(due_at=now)  # unclaimed again: one sweep has both
+    for _ in range(4):
+        follow_up.sweep()
+    assert len(mail.outbox) == 1
+    assert BulkRetry.objects.get(pk=bulk.pk).notified_at is not None
+
+
 def test_a_clerk_without_an_email_address_gets_none_and_the_retry_page_says_so(
     clerk, clerk_client, sandbox
 ):
