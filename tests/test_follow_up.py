@@ -50,6 +50,20 @@ def followed_retry(user, new_task_guid=RUNNING_TASK_GUID, *, retry_fields=None, 
     return retry
 
 
+def done_bulk(user, **fields) -> BulkRetry:
+    """A bulk retry that sends no more, as the bulk sender leaves it."""
+    values = {
+        "requested_by": user,
+        "form_token": uuid.uuid4(),
+        "batch_mode": "new self-contained batch",
+        "payload": {"batchSettings": {"batchMode": "new self-contained batch"}},
+        "state": BulkState.DONE,
+        "finished_at": timezone.now(),
+    }
+    values.update(fields)
+    return BulkRetry.objects.create(**values)
+
+
 def panel(client, attempt):
     return client.get(
         reverse("status_panel", args=[attempt.pk]), {"started": time.time()}, HTTP_HX_REQUEST="true"
@@ -253,15 +267,7 @@ def test_a_bulks_email_waits_for_the_report_of_an_import_that_ended_in_the_same_
     clerk.email = "carla@example.com"
     clerk.save()
     now = timezone.now()
-    bulk = BulkRetry.objects.create(
-        requested_by=clerk,
-        form_token=uuid.uuid4(),
-        batch_mode="new self-contained batch",
-        payload={"batchSettings": {"batchMode": "new self-contained batch"}},
-        state=BulkState.DONE,
-        finished_at=now,
-        email_due_at=now,  # the first import's report made it due
-    )
+    bulk = done_bulk(clerk, email_due_at=now)  # the first import's report made it due
     reported = make_retry(clerk, bulk=bulk, source_task_id=47223, new_task_guid=COMPLETED_TASK_GUID)
     follow(reported, state=FollowState.ENDED, due_at=None, status="Completed", finished=True)
     ending = make_retry(
@@ -302,15 +308,7 @@ def test_a_bulks_email_claimed_in_the_sweep_that_reports_its_last_import_goes_ou
     clerk.email = "carla@example.com"
     clerk.save()
     now = timezone.now()
-    bulk = BulkRetry.objects.create(
-        requested_by=clerk,
-        form_token=uuid.uuid4(),
-        batch_mode="new self-contained batch",
-        payload={"batchSettings": {"batchMode": "new self-contained batch"}},
-        state=BulkState.DONE,
-        finished_at=now,
-        email_due_at=now - timedelta(seconds=1),
-    )
+    bulk = done_bulk(clerk, email_due_at=now - timedelta(seconds=1))
     reported = make_retry(clerk, bulk=bulk, source_task_id=47223, new_task_guid=COMPLETED_TASK_GUID)
     follow(reported, state=FollowState.ENDED, due_at=None, status="Completed", finished=True)
     last = make_retry(clerk, bulk=bulk, source_task_id=47224, new_task_guid=COMPLETED_TASK_GUID)
